@@ -1,0 +1,1 @@
+"""Prefect blocks: Segmind credentials and object storage. Added by later issues."""

@@ -1,0 +1,1 @@
+"""Deployments, schedules and the local stack launcher. Added by later issues."""

@@ -1,0 +1,45 @@
+"""Fixtures: emulators on loopback, started and stopped per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from emulator import SegmindEmulator
+from tests.support import API_KEY
+
+EmulatorFactory = Callable[..., SegmindEmulator]
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[EmulatorFactory]:
+    """Start an emulator with the given settings (``api_key`` defaults to the test key)."""
+    started: list[SegmindEmulator] = []
+
+    def start(**settings: Any) -> SegmindEmulator:
+        settings.setdefault("api_key", API_KEY)
+        emulator = SegmindEmulator(**settings).start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(start_emulator: EmulatorFactory) -> SegmindEmulator:
+    """An emulator with default settings: 100 USD of credits, no latency, no faults."""
+    return start_emulator()
+
+
+@pytest.fixture
+def api(emulator: SegmindEmulator) -> Iterator[httpx.Client]:
+    """An httpx client pointed at the default emulator, sending the right key."""
+    with httpx.Client(
+        base_url=emulator.url, headers={"x-api-key": API_KEY}, timeout=30.0
+    ) as client:
+        yield client
