@@ -53,7 +53,7 @@ def file_server(files: Mapping[str, tuple[int, bytes, str]]) -> Iterator[str]:
     """Serve ``{path: (status, body, content type)}`` on 127.0.0.1; yields the base URL."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             status, body, content_type = files.get(self.path, (404, b"not found", "text/plain"))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
