@@ -46,7 +46,7 @@ logger = logging.getLogger("emulator")
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _IDLE_CONNECTION_TIMEOUT_S = 120.0
-_POLL_S = 0.25
+_POLL_S = 0.05
 _ERROR_TEXT = {
     FaultKind.RATE_LIMITED: (429, "rate limit exceeded"),
     FaultKind.SERVER_ERROR: (500, "Internal Server Error"),
