@@ -452,17 +452,13 @@ class _Handler(BaseHTTPRequestHandler):
         return job
 
     def _v2_status(self, request_id: str) -> None:
-        job = self._job_or_404(request_id)
-        body: dict[str, Any] = {"request_id": job.request_id, "status": job.status.value}
-        if job.status is JobStatus.FAILED:
-            body |= {"error": job.error, "metrics": job.metrics()}
-            self._send_json(422, body)
-            return
-        if job.status is JobStatus.COMPLETED:
-            body["metrics"] = job.metrics()
-        self._send_json(200, body)
+        self._v2_answer(request_id, with_output=False)
 
     def _v2_result(self, request_id: str) -> None:
+        self._v2_answer(request_id, with_output=True)
+
+    def _v2_answer(self, request_id: str, *, with_output: bool) -> None:
+        """The job's state; a FAILED job is answered with 422, as by the service."""
         job = self._job_or_404(request_id)
         body: dict[str, Any] = {"request_id": job.request_id, "status": job.status.value}
         if job.status is JobStatus.FAILED:
@@ -470,7 +466,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(422, body)
             return
         if job.status is JobStatus.COMPLETED:
-            body |= {"output": job.output_url, "metrics": job.metrics()}
+            if with_output:
+                body["output"] = job.output_url
+            body["metrics"] = job.metrics()
         self._send_json(200, body)
 
     def _output(self, filename: str) -> None:
