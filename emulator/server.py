@@ -64,6 +64,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False  # ``server_close`` joins every handler thread
     block_on_close = True
+    # socketserver's default backlog of 5 dropped and reset bursts of new connections.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: tuple[str, int], emulator: SegmindEmulator) -> None:
         self.emulator = emulator

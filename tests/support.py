@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
 
+import httpx
 from PIL import Image
+
+T = TypeVar("T")
 
 API_KEY = "test-key-not-secret"
 
@@ -74,3 +80,93 @@ def file_server(files: Mapping[str, tuple[int, bytes, str]]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    A bounded wait on an observable state, not a fixed sleep: it returns as soon as
+    the condition holds and raises ``AssertionError`` naming ``what`` otherwise.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(interval)
+
+
+def emulator_client(
+    base_url: str, *, key: str | None = API_KEY, timeout: float = 30.0, **kwargs: Any
+) -> httpx.Client:
+    """A plain-HTTP client for a loopback emulator, sending ``key`` as ``x-api-key``.
+
+    ``verify=False`` only skips loading CA certificates (about 20 ms per client);
+    nothing here speaks TLS.
+    """
+    headers: dict[str, str] = {}
+    if key is not None:
+        headers["x-api-key"] = key
+    headers.update(kwargs.pop("headers", {}))
+    return httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=timeout,
+        verify=False,  # noqa: S501 - loopback HTTP only
+        **kwargs,
+    )
+
+
+def emulator_stats(base_url: str) -> dict[str, Any]:
+    """``GET /_emulator/stats`` of the emulator at ``base_url``."""
+    with emulator_client(base_url, key=None, timeout=10.0) as client:
+        response = client.get("/_emulator/stats")
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+def burst(
+    base_url: str,
+    count: int,
+    send: Callable[[httpx.Client], httpx.Response],
+    *,
+    key: str | None = API_KEY,
+) -> list[httpx.Response]:
+    """Make ``count`` requests at the same moment, each from its own thread and client.
+
+    Every client opens its connection first (``GET /_emulator/health``) and keeps
+    it, so the requests reach the server together whatever its listen backlog.
+    """
+    headers = {} if key is None else {"x-api-key": key}
+    clients = [
+        httpx.Client(
+            base_url=base_url,
+            headers=headers,
+            timeout=30.0,
+            verify=False,  # noqa: S501 - loopback HTTP only
+        )
+        for _ in range(count)
+    ]
+    try:
+        for client in clients:
+            client.get("/_emulator/health").raise_for_status()
+        barrier = threading.Barrier(count)
+
+        def run(client: httpx.Client) -> httpx.Response:
+            barrier.wait(timeout=10.0)
+            return send(client)
+
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(run, clients))
+    finally:
+        for client in clients:
+            client.close()

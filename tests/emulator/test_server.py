@@ -10,7 +10,7 @@ import pytest
 
 from emulator import SegmindEmulator
 from tests.conftest import EmulatorFactory
-from tests.support import API_KEY, image_uri
+from tests.support import API_KEY, image_uri, wait_until
 
 BODY = {"prompt": "x", "image_urls": [image_uri(size=(64, 48))]}
 
@@ -102,10 +102,9 @@ def test_stop_is_prompt_with_a_held_connection_and_frees_the_port() -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 10
-    while emulator.stats()["by_status"].get("timeout", 0) == 0:
-        assert time.monotonic() < deadline, "the timeout fault never started"
-        time.sleep(0.01)
+    wait_until(
+        lambda: emulator.stats()["by_status"].get("timeout", 0), what="the timeout fault starting"
+    )
 
     started = time.monotonic()
     emulator.stop()
