@@ -53,7 +53,7 @@ def is_loopback_host(host: str) -> bool:
     """
     bare = host.strip("[]")
     try:
-        return ipaddress.ip_address(bare).is_loopback
+        return _is_loopback_ip(bare)
     except ValueError:
         pass
     if bare.lower() == "localhost" or bare.lower().endswith(".localhost"):
@@ -62,10 +62,16 @@ def is_loopback_host(host: str) -> bool:
         infos = socket.getaddrinfo(bare, None)
     except OSError:
         return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(
-        ipaddress.ip_address(str(addr).split("%")[0]).is_loopback for addr in addresses
-    )
+    addresses = {str(info[4][0]).split("%")[0] for info in infos}
+    return bool(addresses) and all(_is_loopback_ip(addr) for addr in addresses)
+
+
+def _is_loopback_ip(text: str) -> bool:
+    """Loopback test for an IP literal, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) included."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class InputFetcher:

@@ -219,6 +219,9 @@ def test_inline_formats_are_accepted(emulator: SegmindEmulator) -> None:
         ("0.0.0.0", False),  # noqa: S104 - "any address" is not loopback
         ("::", False),
         ("[2001:db8::1]", False),
+        ("::ffff:127.0.0.1", True),
+        ("[::ffff:127.0.0.2]", True),
+        ("::ffff:10.0.0.1", False),
     ],
 )
 def test_is_loopback_host(host: str, expected: bool) -> None:
