@@ -102,7 +102,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """One connection; each request is routed to a ``_route_*`` method."""
+    """One connection; `_dispatch` reads each request's body and `_route` answers it."""
 
     protocol_version = "HTTP/1.1"
     server_version = "segmind-emulator"
@@ -149,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         try:
+            # Read the body before any answer, so a keep-alive connection stays in step.
+            self._body = self._read_body()
             self._route(method, parts)
         except _Answered:
             pass
@@ -199,7 +201,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _only(self, method: str, allowed: str) -> None:
         if method != allowed:
-            self._drain_body()
             # The service answers a wrong verb with an HTML page, not JSON.
             self._send(405, _METHOD_NOT_ALLOWED_HTML, "text/html", {"Allow": allowed})
             raise _Answered
@@ -235,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Reading -------------------------------------------------------------
 
-    def _drain_body(self) -> bytes:
+    def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise ApiError(411, "send the body with a Content-Length")
@@ -361,10 +362,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _admit(self, slug: str) -> tuple[Endpoint, dict[str, Any]]:
         """Steps every generation request takes before any work: returns the endpoint and body."""
         self.emu.state.count_request(slug)
-        raw = self._drain_body()
         self._authenticate()
         endpoint = self._endpoint(slug)
-        payload = self._json_body(raw)
+        payload = self._json_body(self._body)
         self._check_rate()
         return endpoint, payload
 
@@ -449,7 +449,6 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _job_or_404(self, request_id: str) -> Any:
-        self._drain_body()
         self._authenticate()
         job = self.emu.jobs.get(request_id)
         if job is None:
@@ -477,7 +476,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, body)
 
     def _output(self, filename: str) -> None:
-        self._drain_body()
         request_id, _, extension = filename.rpartition(".")
         job = self.emu.jobs.get(request_id)
         if (
@@ -492,7 +490,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Control -------------------------------------------------------------
 
     def _control_reset(self) -> None:
-        raw = self._drain_body()
+        raw = self._body
         credits: Decimal | None = None
         if raw.strip():
             try:
@@ -509,7 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, self.emu.stats())
 
     def _control_set_faults(self) -> None:
-        raw = self._drain_body()
+        raw = self._body
         try:
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):

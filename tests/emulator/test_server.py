@@ -139,3 +139,14 @@ def test_api_key_never_appears_in_config_repr() -> None:
 
     assert "super-secret-value" not in repr(emulator.config)
     assert "super-secret-value" not in str(emulator.config)
+
+
+def test_unread_body_of_a_refused_request_does_not_poison_the_connection(
+    api: httpx.Client,
+) -> None:
+    """A 404 for an unknown path still consumes the body, so the next request parses."""
+    refused = api.post("/v3/p-image-edit", json=BODY)
+    follow_up = api.post("/v1/p-image-edit", json=BODY)
+
+    assert refused.status_code == 404
+    assert follow_up.status_code == 200
