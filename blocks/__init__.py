@@ -1,1 +1,10 @@
-"""Prefect blocks: Segmind credentials and object storage. Added by later issues."""
+"""Prefect blocks of this project.
+
+Register them with the Prefect server (once per server)::
+
+    prefect block register -m blocks
+"""
+
+from blocks.segmind_credentials import SegmindCredentials
+
+__all__ = ["SegmindCredentials"]

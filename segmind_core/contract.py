@@ -37,6 +37,8 @@ from pydantic import (
     ValidationError,
 )
 
+from segmind_core.errors import PermanentError
+
 __all__ = [
     "ENDPOINTS",
     "FLUX_OUTPUT_SIZES",
@@ -137,8 +139,8 @@ _DATA_URI_PREFIX = "data:image/"
 _MAX_ERROR_VALUE_CHARS = 60
 
 
-class InvalidRequestError(ValueError):
-    """A request body that does not satisfy an endpoint's contract.
+class InvalidRequestError(PermanentError, ValueError):
+    """A request body that does not satisfy an endpoint's contract (nothing was sent).
 
     Attributes:
         slug: The endpoint the body was meant for.
@@ -147,19 +149,17 @@ class InvalidRequestError(ValueError):
     """
 
     def __init__(self, slug: str, problems: Sequence[tuple[str | None, str]]) -> None:
-        self.slug = slug
         self.field = problems[0][0] if problems else None
         self.problems = [f"{loc}: {msg}" if loc else msg for loc, msg in problems]
-        super().__init__(f"invalid request for {slug}: " + "; ".join(self.problems))
+        super().__init__(f"invalid request for {slug}: " + "; ".join(self.problems), slug=slug)
 
 
-class UnknownEndpointError(ValueError):
+class UnknownEndpointError(PermanentError, ValueError):
     """A slug that is not in the registry."""
 
     def __init__(self, slug: str) -> None:
-        self.slug = slug
         known = ", ".join(sorted(ENDPOINTS))
-        super().__init__(f"unknown Segmind endpoint {slug!r}; known endpoints: {known}")
+        super().__init__(f"unknown Segmind endpoint {slug!r}; known endpoints: {known}", slug=slug)
 
 
 def _check_image_ref(value: str) -> str:

@@ -1,0 +1,143 @@
+"""The Segmind credentials block: the API key as a secret, plus connection settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, SecretStr
+
+from segmind_core.client import DEFAULT_BASE_URL, LoggerLike, RetryPolicy, SegmindClient
+from segmind_core.errors import AuthenticationError
+
+__all__ = ["SegmindCredentials"]
+
+API_KEY_ENV = "SEGMIND_API_KEY"
+BASE_URL_ENV = "SEGMIND_BASE_URL"
+
+
+class SegmindCredentials(CredentialsBlock):
+    """Credentials and connection settings for Segmind's API.
+
+    The key is a secret: Prefect stores it encrypted and never shows it. Any
+    field left empty falls back to the environment: ``SEGMIND_API_KEY`` for the
+    key, ``SEGMIND_BASE_URL`` for the server root (default
+    ``https://api.segmind.com``; the client adds ``/v1/...``).
+
+    Example:
+        Load saved credentials and call an endpoint:
+        ```python
+        from blocks import SegmindCredentials
+
+        credentials = SegmindCredentials.load("BLOCK_NAME")
+        with credentials.get_client() as client:
+            result = client.generate("p-image-edit", {"prompt": "...", "image_urls": ["https://..."]})
+        ```
+    """
+
+    _block_type_name = "Segmind Credentials"
+    _block_type_slug = "segmind-credentials"
+    _documentation_url = "https://docs.segmind.com/docs/get-started/authentication"  # type: ignore[assignment]
+    _description = "Segmind API key (secret), server URL, timeouts and retry settings."
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        title="API key",
+        description="Segmind API key; empty means the SEGMIND_API_KEY environment variable.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        title="Base URL",
+        description=(
+            "Server root such as https://api.segmind.com or an emulator's URL; "
+            "empty means SEGMIND_BASE_URL, then https://api.segmind.com."
+        ),
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, title="Connect timeout (s)", description="Longest wait to connect."
+    )
+    read_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        title="Read timeout (s)",
+        description="Longest wait for one answer; generations take 7 to 30 seconds.",
+    )
+    max_attempts: int = Field(
+        default=RetryPolicy.max_attempts,
+        ge=1,
+        le=50,
+        title="Attempts per call",
+        description="HTTP attempts per call for transient failures, the first included.",
+    )
+    max_retry_time_s: float = Field(
+        default=RetryPolicy.max_elapsed_s,
+        gt=0,
+        title="Retry budget (s)",
+        description="No new attempt starts this many seconds after the first.",
+    )
+    backoff_initial_s: float = Field(
+        default=RetryPolicy.backoff_initial_s,
+        ge=0,
+        title="First backoff (s)",
+        description="Wait before the first retry when the service gives no Retry-After.",
+    )
+    backoff_max_s: float = Field(
+        default=RetryPolicy.backoff_max_s,
+        ge=0,
+        title="Longest backoff (s)",
+        description="Upper bound of the exponential backoff between two attempts.",
+    )
+
+    def resolved_api_key(self) -> SecretStr:
+        """The key from this block or, failing that, the environment.
+
+        Raises:
+            AuthenticationError: when neither has a key.
+        """
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key
+        from_env = os.environ.get(API_KEY_ENV, "")
+        if from_env:
+            return SecretStr(from_env)
+        raise AuthenticationError(
+            f"no Segmind API key: set {API_KEY_ENV} or save a SegmindCredentials block "
+            "with an API key"
+        )
+
+    def resolved_base_url(self) -> str:
+        """The server root from this block, the environment, or Segmind's."""
+        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+    def label(self) -> str:
+        """Where the key comes from, for messages: never the key itself."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            name = getattr(self, "_block_document_name", None)
+            return f"block '{name}'" if name else "the SegmindCredentials given"
+        return f"environment variable {API_KEY_ENV}"
+
+    def get_client(self, logger: LoggerLike | None = None, **overrides: Any) -> SegmindClient:
+        """A client configured from this block.
+
+        Args:
+            logger: Where retries are logged (a Prefect run logger inside tasks).
+            **overrides: Extra keyword arguments for `SegmindClient`.
+
+        Raises:
+            AuthenticationError: when no key is configured anywhere.
+        """
+        settings: dict[str, Any] = {
+            "base_url": self.resolved_base_url(),
+            "connect_timeout_s": self.connect_timeout_s,
+            "read_timeout_s": self.read_timeout_s,
+            "retry": RetryPolicy(
+                max_attempts=self.max_attempts,
+                max_elapsed_s=self.max_retry_time_s,
+                backoff_initial_s=self.backoff_initial_s,
+                backoff_max_s=self.backoff_max_s,
+            ),
+            "credentials_label": self.label(),
+            "logger": logger,
+        }
+        settings.update(overrides)
+        return SegmindClient(self.resolved_api_key(), **settings)

@@ -1,0 +1,408 @@
+"""An httpx client for Segmind's v1 endpoints, with bounded retries.
+
+``generate`` validates the parameters against the contract, draws a seed when
+none was given (so every result records the seed that made it), posts the
+JSON body with the key in ``x-api-key``, checks that the answer decodes as an
+image, and retries transient failures:
+
+- 429: waits ``Retry-After`` (seconds or an HTTP date) when the service sends
+  it, otherwise backs off like the other transient errors;
+- 500, 502, 503, 504, timeouts, refused, reset or truncated connections and
+  undecodable bodies: exponential backoff with jitter.
+
+At most ``RetryPolicy.max_attempts`` HTTP attempts are made, and no new
+attempt starts once ``RetryPolicy.max_elapsed_s`` would be passed. Every retry
+is logged with its reason and attempt number. Permanent errors (400, 401,
+403, 404, 406, 422) fail at once.
+
+The key lives in a ``SecretStr`` and in the request header, nowhere else: not
+in ``repr``, log lines or error messages.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+from PIL import Image
+from pydantic import SecretStr
+
+from segmind_core._version import __version__
+from segmind_core.contract import Endpoint, OutputFormat, SegmindRequest, get_endpoint
+from segmind_core.errors import (
+    AuthenticationError,
+    BadImageError,
+    InsufficientCreditsError,
+    NetworkError,
+    RateLimitedError,
+    RequestRejectedError,
+    SegmindError,
+    ServerError,
+    TransientError,
+    UnexpectedResponseError,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "GeneratedImage", "RetryPolicy", "SegmindClient"]
+
+DEFAULT_BASE_URL = "https://api.segmind.com"
+USER_AGENT = f"segmind-prefect-workflows/{__version__}"
+_SEED_BOUND = 2**31
+_DETAIL_CHARS = 300
+_PILLOW_TO_FORMAT = {"PNG": OutputFormat.PNG, "JPEG": OutputFormat.JPG}
+
+LoggerLike = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries transient failures.
+
+    Attributes:
+        max_attempts: HTTP attempts per call, the first included.
+        max_elapsed_s: No new attempt starts after this many seconds from the first.
+        backoff_initial_s: Wait before the first retry (without ``Retry-After``).
+        backoff_max_s: Longest backoff between two attempts.
+        backoff_multiplier: Growth of the backoff per retry.
+        jitter: Share of each backoff drawn at random (0 = none, 1 = full jitter).
+    """
+
+    max_attempts: int = 6
+    max_elapsed_s: float = 600.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.max_elapsed_s <= 0 or self.backoff_initial_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("retry times must not be negative")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        """The wait before retry number ``retry`` (1 for the first retry)."""
+        ceiling = min(
+            self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** (retry - 1)
+        )
+        return ceiling * (1 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One generated image and how it was made. Never holds the key.
+
+    Attributes:
+        slug: Endpoint that made it.
+        image: The encoded image bytes.
+        format: ``png`` or ``jpg``, as decoded from the bytes.
+        width: Pixels.
+        height: Pixels.
+        seed: The seed actually used (drawn client-side when none was given).
+        parameters: The JSON body that was sent (the key is a header, not in it).
+        cost_usd: Price of this generation from the price table.
+        credits_remaining: Balance the service reported after the call, if it did.
+        latency_s: Wall time of the call, retries included.
+        attempts: HTTP attempts made.
+        request_id: The service's request id, if it sent one.
+    """
+
+    slug: str
+    image: bytes = field(repr=False)
+    format: OutputFormat
+    width: int
+    height: int
+    seed: int
+    parameters: dict[str, Any] = field(repr=False)
+    cost_usd: Decimal
+    credits_remaining: Decimal | None
+    latency_s: float
+    attempts: int
+    request_id: str | None
+
+
+class SegmindClient:
+    """Calls Segmind endpoints; one instance can be shared by threads.
+
+    Args:
+        api_key: The Segmind API key.
+        base_url: Server root; ``/v1/{slug}`` is appended.
+        connect_timeout_s: Longest wait for a connection.
+        read_timeout_s: Longest wait for an answer (generations take 7-30 s).
+        retry: Retry policy for transient failures.
+        credentials_label: Where the key came from, for messages, e.g. "block 'segmind-prod'".
+        logger: Where retries are logged (a Prefect run logger inside tasks).
+        transport: An httpx transport, for the rare test that needs one.
+        sleep: Called to wait between attempts.
+
+    Example:
+        >>> with SegmindClient(api_key="...") as client:  # doctest: +SKIP
+        ...     result = client.generate("p-image-edit", {"prompt": "...", "image_urls": [url]})
+    """
+
+    def __init__(
+        self,
+        api_key: str | SecretStr,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 180.0,
+        retry: RetryPolicy | None = None,
+        credentials_label: str = "the configured credentials",
+        logger: LoggerLike | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        if not self._api_key.get_secret_value():
+            raise AuthenticationError(f"no Segmind API key in {credentials_label}")
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.credentials_label = credentials_label
+        self.read_timeout_s = read_timeout_s
+        self._logger: LoggerLike = logger or logging.getLogger(__name__)
+        self._sleep = sleep
+        self._rng = random.Random()  # noqa: S311 - backoff jitter, not crypto
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"User-Agent": USER_AGENT, "Accept": "image/*, application/json"},
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"SegmindClient(base_url={self.base_url!r}, credentials={self.credentials_label!r})"
+
+    def __enter__(self) -> SegmindClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def generate(self, slug: str, params: Mapping[str, Any] | SegmindRequest) -> GeneratedImage:
+        """Run one generation, retrying transient failures within the policy.
+
+        Args:
+            slug: Endpoint slug, e.g. ``"flux-kontext-pro"``.
+            params: The request body as a mapping, or a validated request model.
+
+        Returns:
+            The image and how it was made.
+
+        Raises:
+            InvalidRequestError: the parameters break the contract (nothing was sent).
+            PermanentError: the service refused the request; retrying cannot help.
+            TransientError: the retry budget ran out.
+        """
+        endpoint = get_endpoint(slug)
+        request = params if isinstance(params, SegmindRequest) else endpoint.validate(params)
+        if request.requested_seed() is None:
+            request = request.model_copy(update={"seed": secrets.randbelow(_SEED_BOUND)})
+        payload = request.to_payload()
+        started = time.monotonic()
+        deadline = started + self.retry.max_elapsed_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = self._attempt(endpoint, request, payload)
+            except SegmindError as error:
+                error.slug, error.attempts = slug, attempt
+                if not isinstance(error, TransientError):
+                    raise
+                delay = self._delay_before_retry(error, attempt, deadline)
+                if delay is None:
+                    raise
+                self._logger.warning(
+                    "Segmind %s: %s; retry %d of %d in %.1f s",
+                    slug,
+                    error.message,
+                    attempt,
+                    self.retry.max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+                continue
+            return GeneratedImage(
+                **result,
+                slug=slug,
+                parameters=payload,
+                cost_usd=endpoint.price_usd,
+                latency_s=time.monotonic() - started,
+                attempts=attempt,
+            )
+
+    def _delay_before_retry(
+        self, error: TransientError, attempt: int, deadline: float
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if attempt >= self.retry.max_attempts:
+            return None
+        retry_after = error.retry_after_s if isinstance(error, RateLimitedError) else None
+        delay = retry_after if retry_after is not None else self.retry.backoff_s(attempt, self._rng)
+        if time.monotonic() + delay > deadline:
+            error.message += (
+                f"; not retried: waiting {delay:.1f} s would pass the "
+                f"{self.retry.max_elapsed_s:.0f} s retry budget"
+            )
+            return None
+        return delay
+
+    def _attempt(
+        self, endpoint: Endpoint, request: SegmindRequest, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One HTTP attempt; returns the fields of a `GeneratedImage` or raises."""
+        slug = endpoint.slug
+        headers = {"x-api-key": self._api_key.get_secret_value()}
+        try:
+            response = self._http.post(f"/v1/{slug}", json=payload, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise NetworkError(
+                f"no complete answer from Segmind within the timeout "
+                f"({type(exc).__name__}; read timeout {self.read_timeout_s:.0f} s)"
+            ) from None
+        except httpx.TransportError as exc:
+            raise NetworkError(
+                f"the connection to Segmind failed ({type(exc).__name__}: {exc})"
+            ) from None
+        if response.status_code != 200:
+            raise self._error_for(endpoint, response)
+        return self._decode(endpoint, request, response)
+
+    def _decode(
+        self, endpoint: Endpoint, request: SegmindRequest, response: httpx.Response
+    ) -> dict[str, Any]:
+        slug = endpoint.slug
+        try:
+            with Image.open(io.BytesIO(response.content)) as image:
+                image.load()
+                pillow_format, width, height = image.format, image.width, image.height
+        except (OSError, SyntaxError, ValueError):
+            raise BadImageError(
+                "the 200 answer from Segmind is not a decodable image "
+                f"({len(response.content)} bytes of {response.headers.get('content-type')})",
+                status=200,
+            ) from None
+        fmt = _PILLOW_TO_FORMAT.get(pillow_format or "")
+        if fmt is None:
+            raise BadImageError(
+                f"Segmind answered with a {pillow_format} image, not PNG or JPEG",
+                status=200,
+            )
+        if fmt is not request.image_format():
+            # Paid for already: keep it, record what it really is, and say so.
+            self._logger.warning(
+                "Segmind %s returned %s although %s was asked for",
+                slug,
+                fmt.value,
+                request.image_format().value,
+            )
+        seed_header = response.headers.get("x-seed-value")
+        requested = request.requested_seed()
+        seed = int(seed_header) if seed_header and seed_header.lstrip("-").isdigit() else requested
+        return {
+            "image": response.content,
+            "format": fmt,
+            "width": width,
+            "height": height,
+            "seed": seed if seed is not None else -1,
+            "credits_remaining": _decimal(response.headers.get("x-remaining-credits")),
+            "request_id": response.headers.get("x-request-id"),
+        }
+
+    def _error_for(self, endpoint: Endpoint, response: httpx.Response) -> SegmindError:
+        """The typed error for a non-200 answer, with a message that says what to do."""
+        status, slug = response.status_code, endpoint.slug
+        detail = _detail(response)
+        said = f": {detail}" if detail else ""
+        common: dict[str, Any] = {"status": status, "detail": detail, "slug": slug}
+        if status == 401:
+            return AuthenticationError(
+                f"401 from Segmind: the key in {self.credentials_label} was rejected{said}. "
+                "Check or replace the key.",
+                **common,
+            )
+        if status == 403:
+            return AuthenticationError(
+                f"403 from Segmind: the key in {self.credentials_label} may not use {slug}{said}.",
+                **common,
+            )
+        if status == 406:
+            credits = _decimal(response.headers.get("x-remaining-credits"))
+            left = f"{credits:.2f} USD left" if credits is not None else "balance unknown"
+            error = InsufficientCreditsError(
+                f"406 from Segmind: out of credits, {left}; {slug} costs "
+                f"{endpoint.price_usd:.2f} USD per image{said}. Top up the account.",
+                **common,
+            )
+            error.credits_remaining = credits
+            return error
+        if status in (400, 404, 422):
+            return RequestRejectedError(
+                f"{status} from Segmind: {slug} rejected the request{said}. "
+                "Fix the parameters; nothing was charged.",
+                **common,
+            )
+        if status == 429:
+            rate_limited = RateLimitedError(f"429 from Segmind: rate limited{said}", **common)
+            rate_limited.retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+            return rate_limited
+        if status in (500, 502, 503, 504):
+            return ServerError(f"{status} from Segmind{said}", **common)
+        return UnexpectedResponseError(f"{status} from Segmind: unexpected answer{said}", **common)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    Returns ``None`` for a missing or unreadable header; never a negative number.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _detail(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:_DETAIL_CHARS] or None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])[:_DETAIL_CHARS]
+    return None
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        return None
