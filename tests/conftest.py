@@ -51,3 +51,22 @@ def api(emulator: SegmindEmulator) -> Iterator[httpx.Client]:
         base_url=emulator.url, headers={"x-api-key": API_KEY}, timeout=30.0
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect server and database for the session (~18 s to start, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def segmind_env(
+    emulator: SegmindEmulator, monkeypatch: pytest.MonkeyPatch
+) -> SegmindEmulator:
+    """``SEGMIND_API_KEY`` and ``SEGMIND_BASE_URL`` pointing at the default emulator."""
+    monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
+    monkeypatch.setenv("SEGMIND_BASE_URL", emulator.url)
+    return emulator
