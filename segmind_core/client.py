@@ -258,7 +258,7 @@ class SegmindClient:
         if time.monotonic() + delay > deadline:
             error.message += (
                 f"; not retried: waiting {delay:.1f} s would pass the "
-                f"{self.retry.max_elapsed_s:.0f} s retry budget"
+                f"{self.retry.max_elapsed_s:g} s retry budget"
             )
             return None
         return delay
@@ -274,7 +274,7 @@ class SegmindClient:
         except httpx.TimeoutException as exc:
             raise NetworkError(
                 f"no complete answer from Segmind within the timeout "
-                f"({type(exc).__name__}; read timeout {self.read_timeout_s:.0f} s)"
+                f"({type(exc).__name__}; read timeout {self.read_timeout_s:g} s)"
             ) from None
         except httpx.TransportError as exc:
             raise NetworkError(

@@ -70,7 +70,7 @@ class SegmindError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        prefix = f"{self.slug}: " if self.slug and not self.message.startswith(self.slug) else ""
+        prefix = f"{self.slug}: " if self.slug and self.slug not in self.message else ""
         suffix = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
         return f"{prefix}{self.message}{suffix}"
 

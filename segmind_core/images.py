@@ -69,6 +69,21 @@ def _check_image_bytes(field: str, data: bytes, origin: str) -> str:
     return _MIME_TYPES[fmt]
 
 
+def _encode_pil_image(field: str, image: Image.Image) -> bytes:
+    """Encode a PIL image as JPEG (if it was one) or PNG, converting modes PNG cannot hold."""
+    fmt = "JPEG" if image.format == "JPEG" else "PNG"
+    if fmt == "JPEG" and image.mode != "RGB":
+        image = image.convert("RGB")
+    elif fmt == "PNG" and image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=fmt)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputImageError(field, f"the PIL image cannot be encoded: {exc}") from None
+    return buffer.getvalue()
+
+
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
@@ -93,11 +108,8 @@ def to_image_ref(value: ImageInput, *, field: str) -> str:
         'https://example.com/cat.png'
     """
     if isinstance(value, Image.Image):
-        buffer = io.BytesIO()
-        fmt = value.format if value.format in ("JPEG", "PNG") else "PNG"
-        image = value.convert("RGB") if fmt == "JPEG" and value.mode != "RGB" else value
-        image.save(buffer, format=fmt)
-        return _data_uri(buffer.getvalue(), _MIME_TYPES[fmt])
+        data = _encode_pil_image(field, value)
+        return _data_uri(data, _check_image_bytes(field, data, "the PIL image"))
     if isinstance(value, bytes | bytearray):
         data = bytes(value)
         return _data_uri(data, _check_image_bytes(field, data, "the image bytes"))

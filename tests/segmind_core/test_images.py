@@ -1,0 +1,249 @@
+"""Input images: URLs pass through, local images become checked data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import segmind_core.images as images
+from segmind_core.contract import validate_request
+from segmind_core.errors import PermanentError
+from segmind_core.images import InvalidInputImageError, to_image_ref
+from tests.support import decode, image_bytes
+
+FORMATS = [
+    ("JPEG", "jpg", "image/jpeg"),
+    ("PNG", "png", "image/png"),
+    ("GIF", "gif", "image/gif"),
+    ("WEBP", "webp", "image/webp"),
+]
+
+
+def split_data_uri(uri: str) -> tuple[str, bytes]:
+    """(MIME type, decoded bytes) of a ``data:<mime>;base64,<data>`` URI."""
+    assert uri.startswith("data:")
+    header, sep, payload = uri.partition(",")
+    assert sep == ","
+    assert header.endswith(";base64")
+    return header.removeprefix("data:").removesuffix(";base64"), base64.b64decode(
+        payload, validate=True
+    )
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# Pass-through ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "http://127.0.0.1:8000/cat.png",
+        "https://example.com/images/cat.png?sig=abc&x=1",
+        "HTTPS://EXAMPLE.COM/CAT.PNG",
+        "data:image/png;base64,iVBORw0KGgo=",
+    ],
+)
+def test_urls_and_data_uris_pass_through_unchanged(ref: str) -> None:
+    assert to_image_ref(ref, field="input_image") == ref
+
+
+# Local files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "mime"), FORMATS)
+@pytest.mark.parametrize("as_path", [False, True], ids=["str", "Path"])
+def test_local_file_becomes_a_data_uri(
+    tmp_path: Path, fmt: str, suffix: str, mime: str, as_path: bool
+) -> None:
+    data = image_bytes((10, 120, 200), (40, 30), fmt)
+    path = write(tmp_path / f"input.{suffix}", data)
+    ref = to_image_ref(path if as_path else str(path), field="input_image")
+    got_mime, got = split_data_uri(ref)
+    assert got_mime == mime
+    assert got == data
+    assert decode(got).format == fmt
+
+
+def test_mime_comes_from_the_content_not_the_name(tmp_path: Path) -> None:
+    data = image_bytes(fmt="JPEG")
+    path = write(tmp_path / "really-a-jpeg.png", data)
+    assert split_data_uri(to_image_ref(str(path), field="input_image"))[0] == "image/jpeg"
+
+
+def test_home_directory_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = image_bytes(fmt="PNG")
+    write(tmp_path / "cat.png", data)
+    assert split_data_uri(to_image_ref("~/cat.png", field="input_image")) == ("image/png", data)
+
+
+def test_the_result_passes_the_contract(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.webp", image_bytes(fmt="WEBP"))
+    ref = to_image_ref(path, field="image_urls[0]")
+    request = validate_request("p-image-edit", {"prompt": "x", "image_urls": [ref]})
+    assert request.input_images() == [("image_urls[0]", ref)]
+
+
+# Bytes and PIL images ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "mime"), FORMATS)
+def test_bytes_become_a_data_uri(fmt: str, suffix: str, mime: str) -> None:
+    data = image_bytes((1, 2, 3), (20, 10), fmt)
+    assert split_data_uri(to_image_ref(data, field="input_image")) == (mime, data)
+
+
+def test_bytearray_is_accepted() -> None:
+    data = image_bytes()
+    assert split_data_uri(to_image_ref(bytearray(data), field="x")) == ("image/png", data)
+
+
+def test_new_rgb_image_is_sent_as_png() -> None:
+    image = Image.new("RGB", (30, 20), (200, 10, 10))
+    mime, data = split_data_uri(to_image_ref(image, field="input_image"))
+    assert mime == "image/png"
+    back = decode(data)
+    assert back.format == "PNG"
+    assert back.size == (30, 20)
+    assert back.getpixel((0, 0)) == (200, 10, 10)
+
+
+def test_rgba_image_keeps_its_alpha() -> None:
+    image = Image.new("RGBA", (8, 8), (10, 20, 30, 40))
+    mime, data = split_data_uri(to_image_ref(image, field="input_image"))
+    assert mime == "image/png"
+    back = decode(data)
+    assert back.mode == "RGBA"
+    assert back.getpixel((3, 3)) == (10, 20, 30, 40)
+
+
+def test_image_opened_from_a_jpeg_stays_jpeg() -> None:
+    opened = Image.open(io.BytesIO(image_bytes((90, 90, 90), (33, 22), "JPEG")))
+    assert opened.format == "JPEG"
+    mime, data = split_data_uri(to_image_ref(opened, field="input_image"))
+    assert mime == "image/jpeg"
+    back = decode(data)
+    assert back.format == "JPEG"
+    assert back.size == (33, 22)
+
+
+def test_grayscale_jpeg_image_is_sent_as_rgb_jpeg() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (12, 12), 128).save(buffer, format="JPEG")
+    opened = Image.open(io.BytesIO(buffer.getvalue()))
+    assert opened.mode == "L"
+    mime, data = split_data_uri(to_image_ref(opened, field="input_image"))
+    assert mime == "image/jpeg"
+    assert decode(data).mode == "RGB"
+
+
+def test_image_opened_from_a_gif_is_sent_as_png() -> None:
+    opened = Image.open(io.BytesIO(image_bytes(fmt="GIF")))
+    mime, data = split_data_uri(to_image_ref(opened, field="input_image"))
+    assert mime == "image/png"
+    assert decode(data).format == "PNG"
+
+
+# Refusals, all before anything is sent ---------------------------------------------
+
+
+def test_missing_file_names_the_field_and_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "cat.png"
+    with pytest.raises(InvalidInputImageError) as caught:
+        to_image_ref(str(missing), field="input_image_2")
+    error = caught.value
+    assert error.field == "input_image_2"
+    assert str(error).startswith("input_image_2: no such file")
+    assert str(missing) in str(error)
+    assert isinstance(error, PermanentError)
+    assert isinstance(error, ValueError)
+
+
+def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputImageError, match="no such file"):
+        to_image_ref(tmp_path, field="input_image")
+
+
+def test_text_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "notes.png", b"just some text, not pixels\n")
+    with pytest.raises(InvalidInputImageError) as caught:
+        to_image_ref(path, field="image_urls[1]")
+    assert caught.value.field == "image_urls[1]"
+    assert "not a readable image (JPEG, PNG, GIF or WEBP)" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_bmp_file_is_refused_with_its_format(tmp_path: Path) -> None:
+    path = write(tmp_path / "old.bmp", image_bytes(size=(8, 8), fmt="BMP"))
+    with pytest.raises(InvalidInputImageError, match=r"is a BMP image; the endpoints take JPEG"):
+        to_image_ref(path, field="input_image")
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "empty.png", b"")
+    with pytest.raises(InvalidInputImageError, match=r"input_image: file .*empty\.png is empty"):
+        to_image_ref(path, field="input_image")
+
+
+def test_empty_bytes_are_refused() -> None:
+    with pytest.raises(InvalidInputImageError, match="the image bytes is empty"):
+        to_image_ref(b"", field="input_image")
+
+
+def test_truncated_image_is_refused() -> None:
+    data = image_bytes(size=(64, 48))
+    with pytest.raises(InvalidInputImageError, match="not a readable image"):
+        to_image_ref(data[: len(data) // 2], field="input_image")
+
+
+def test_oversized_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = image_bytes(size=(64, 48))
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", len(data) - 1)
+    path = write(tmp_path / "big.png", data)
+    with pytest.raises(InvalidInputImageError) as caught:
+        to_image_ref(path, field="input_image")
+    assert f"is {len(data)} bytes; the limit is {len(data) - 1}" in str(caught.value)
+
+
+def test_file_at_the_limit_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = image_bytes(size=(64, 48))
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", len(data))
+    path = write(tmp_path / "ok.png", data)
+    assert split_data_uri(to_image_ref(path, field="input_image"))[1] == data
+
+
+def test_oversized_bytes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", 100)
+    with pytest.raises(InvalidInputImageError, match="the limit is 100"):
+        to_image_ref(image_bytes(size=(64, 48)), field="input_image")
+
+
+def test_oversized_pil_image_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", 100)
+    image = Image.linear_gradient("L").convert("RGB")  # 256x256, far above 100 bytes as PNG
+    with pytest.raises(InvalidInputImageError):
+        to_image_ref(image, field="input_image")
+
+
+def test_too_many_pixels_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_INPUT_PIXELS", 64 * 48 - 1)
+    with pytest.raises(InvalidInputImageError, match=f"has {64 * 48} pixels, too many"):
+        to_image_ref(image_bytes(size=(64, 48)), field="input_image")
+
+
+@pytest.mark.parametrize("ref", ["s3://bucket/x.png", "gs://bucket/x.png", "ftp://host/x.png"])
+def test_other_schemes_are_not_supported_yet(ref: str) -> None:
+    scheme = ref.split(":", 1)[0]
+    with pytest.raises(InvalidInputImageError) as caught:
+        to_image_ref(ref, field="input_image")
+    assert caught.value.field == "input_image"
+    assert f"{scheme}:// inputs are not supported yet" in str(caught.value)
+    assert "http(s) URL or a local path" in str(caught.value)
