@@ -79,8 +79,9 @@ def write_run_outputs(
 ) -> ReplaceBackgroundThenMergeOutcome:
     """Write both generated images, copies of the inputs and ``index.html`` to a new folder."""
     run_name = re.sub(r"[^a-z0-9-]+", "-", str(flow_run.get_name() or "local").lower())
+    run_id = str(flow_run.get_id() or "")[:8]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = Path(output_dir).expanduser().resolve() / f"{stamp}-{run_name}"
+    folder = Path(output_dir).expanduser().resolve() / f"{stamp}-{run_name}-{run_id}".rstrip("-")
     folder.mkdir(parents=True, exist_ok=False)
 
     background_file = folder / f"background-replaced.{background.format.value}"

@@ -233,7 +233,11 @@ def _merge_params(
     safety_tolerance: int | None,
     seed: int | None,
 ) -> dict[str, Any]:
-    """Only the arguments given: the endpoints' own defaults differ (pro vs max)."""
+    """The given arguments; the endpoints' own defaults differ (pro vs max).
+
+    ``seed`` is always sent, ``None`` included: the client then draws one and
+    records it, instead of the endpoint's fixed default (42 on max).
+    """
     params: dict[str, Any] = {
         "prompt": prompt,
         "input_image_1": to_image_ref(image_1, field="input_image_1"),
@@ -241,9 +245,8 @@ def _merge_params(
         "aspect_ratio": aspect_ratio,
         "output_format": output_format,
         "safety_tolerance": safety_tolerance,
-        "seed": seed,
     }
-    return {key: value for key, value in params.items() if value is not None}
+    return {key: value for key, value in params.items() if value is not None} | {"seed": seed}
 
 
 @task(name="merge-images-with-kontext-pro", **_TASK_OPTIONS)

@@ -63,9 +63,7 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture
-def segmind_env(
-    emulator: SegmindEmulator, monkeypatch: pytest.MonkeyPatch
-) -> SegmindEmulator:
+def segmind_env(emulator: SegmindEmulator, monkeypatch: pytest.MonkeyPatch) -> SegmindEmulator:
     """``SEGMIND_API_KEY`` and ``SEGMIND_BASE_URL`` pointing at the default emulator."""
     monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
     monkeypatch.setenv("SEGMIND_BASE_URL", emulator.url)

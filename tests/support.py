@@ -170,3 +170,17 @@ def burst(
     finally:
         for client in clients:
             client.close()
+
+
+@contextmanager
+def without_flow_heartbeats() -> Iterator[None]:
+    """Prefect settings without flow-run heartbeats.
+
+    The heartbeat thread sleeps in one-second steps and every flow run joins it
+    on exit, which adds about a second to each flow a test runs. Heartbeats
+    only detect crashed runs on a long-lived server, which the tests do not use.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
