@@ -153,19 +153,22 @@ def _generate(
 
 def _flux_params(
     prompt: str,
+    image: ImageInput | None,
     aspect_ratio: FluxAspectRatio | str,
     output_format: OutputFormat | str,
-    safety_tolerance: int | None,
+    safety_tolerance: int,
     seed: int | None,
 ) -> dict[str, Any]:
+    """The body of a single-image FLUX.1 Kontext call (pro and max share it)."""
     params: dict[str, Any] = {
         "prompt": prompt,
         "aspect_ratio": aspect_ratio,
         "output_format": output_format,
+        "safety_tolerance": safety_tolerance,
         "seed": seed,
     }
-    if safety_tolerance is not None:
-        params["safety_tolerance"] = safety_tolerance
+    if image is not None:
+        params["input_image"] = to_image_ref(image, field="input_image")
     return params
 
 
@@ -195,9 +198,7 @@ def edit_image_with_kontext_pro(
         result = edit_image_with_kontext_pro("make it a watercolour", image="cat.jpg", seed=7)
         ```
     """
-    params = _flux_params(prompt, aspect_ratio, output_format, safety_tolerance, seed)
-    if image is not None:
-        params["input_image"] = to_image_ref(image, field="input_image")
+    params = _flux_params(prompt, image, aspect_ratio, output_format, safety_tolerance, seed)
     return _generate("flux-kontext-pro", params, credentials)
 
 
@@ -218,9 +219,7 @@ def edit_image_with_kontext_max(
         result = edit_image_with_kontext_max("studio lighting", image="https://...", seed=1)
         ```
     """
-    params = _flux_params(prompt, aspect_ratio, output_format, safety_tolerance, seed)
-    if image is not None:
-        params["input_image"] = to_image_ref(image, field="input_image")
+    params = _flux_params(prompt, image, aspect_ratio, output_format, safety_tolerance, seed)
     return _generate("flux-kontext-max", params, credentials)
 
 

@@ -19,6 +19,23 @@ T = TypeVar("T")
 
 API_KEY = "test-key-not-secret"
 
+# Output sizes as Segmind documents them: an oracle kept apart from the product's table.
+DOCUMENTED_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1392, 752),
+    "9:16": (752, 1392),
+    "4:3": (1184, 880),
+    "3:4": (880, 1184),
+    "3:2": (1248, 832),
+    "2:3": (832, 1248),
+    "21:9": (1568, 672),
+    "9:21": (672, 1568),
+    "4:5": (944, 1104),
+    "5:4": (1104, 944),
+    "2:1": (1456, 720),
+    "1:2": (720, 1456),
+}
+
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 
 

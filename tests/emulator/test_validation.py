@@ -12,7 +12,7 @@ import pytest
 
 from emulator import SegmindEmulator
 from tests.conftest import EmulatorFactory
-from tests.support import API_KEY, decode, file_server, image_bytes, image_uri
+from tests.support import API_KEY, DOCUMENTED_SIZES, decode, file_server, image_bytes, image_uri
 
 # Small inputs keep requests fast; their shapes pick the match_input_image bucket.
 COLORS = [(200, 40, 40), (40, 160, 60), (30, 60, 200), (220, 200, 40), (120, 40, 160)]
@@ -50,21 +50,7 @@ DEFAULT_FORMAT = {
 }
 CONTENT_TYPE = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
-SIZES = {
-    "1:1": (1024, 1024),
-    "16:9": (1392, 752),
-    "9:16": (752, 1392),
-    "4:3": (1184, 880),
-    "3:4": (880, 1184),
-    "3:2": (1248, 832),
-    "2:3": (832, 1248),
-    "21:9": (1568, 672),
-    "9:21": (672, 1568),
-    "4:5": (944, 1104),
-    "5:4": (1104, 944),
-    "2:1": (1456, 720),
-    "1:2": (720, 1456),
-}
+SIZES = DOCUMENTED_SIZES
 FLUX_RATIOS = list(SIZES)
 P_IMAGE_EDIT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"]
 FLUX_ONLY_RATIOS = [r for r in FLUX_RATIOS if r not in P_IMAGE_EDIT_RATIOS]

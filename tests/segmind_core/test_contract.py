@@ -25,6 +25,7 @@ from segmind_core.contract import (
     snap_aspect_ratio,
     validate_request,
 )
+from tests.support import DOCUMENTED_SIZES
 
 URL = "https://example.com/a.png"
 URL_2 = "https://example.com/b.png"
@@ -56,22 +57,6 @@ FLUX_RATIOS = [
     "1:2",
 ]
 P_IMAGE_EDIT_RATIOS = FLUX_RATIOS[:8]
-
-DOCUMENTED_SIZES = {
-    "1:1": (1024, 1024),
-    "16:9": (1392, 752),
-    "9:16": (752, 1392),
-    "4:3": (1184, 880),
-    "3:4": (880, 1184),
-    "3:2": (1248, 832),
-    "2:3": (832, 1248),
-    "21:9": (1568, 672),
-    "9:21": (672, 1568),
-    "4:5": (944, 1104),
-    "5:4": (1104, 944),
-    "2:1": (1456, 720),
-    "1:2": (720, 1456),
-}
 
 
 def minimal_body(slug: str) -> dict[str, Any]:
