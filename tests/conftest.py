@@ -11,6 +11,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -68,3 +69,47 @@ def segmind_env(emulator: SegmindEmulator, monkeypatch: pytest.MonkeyPatch) -> S
     monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
     monkeypatch.setenv("SEGMIND_BASE_URL", emulator.url)
     return emulator
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 server on loopback, with credentials that it accepts."""
+
+    endpoint_url: str
+    access_key_id: str = "moto-access-key-id"
+    secret_access_key: str = "moto-secret-access-key-SECRET"  # noqa: S105 - test value
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        """An independent boto3 client, to check what landed."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=self.region,
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """``ThreadedMotoServer`` on 127.0.0.1 for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(endpoint_url=f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Server:
+    """The S3 server, emptied, with an empty bucket ``outputs``."""
+    httpx.post(f"{s3_server.endpoint_url}/moto-api/reset").raise_for_status()
+    s3_server.client().create_bucket(Bucket="outputs")
+    return s3_server

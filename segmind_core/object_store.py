@@ -1,0 +1,102 @@
+"""One place in object storage, addressed by keys: S3 (s3fs), a local folder, or memory.
+
+A thin layer over fsspec that adds what this project needs everywhere:
+keys relative to a base URL, writes that never leave a half-written object
+under its final key, and presigned URLs for S3.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+__all__ = ["ObjectStore"]
+
+
+@dataclass
+class ObjectStore:
+    """Keys under one base URL of one fsspec filesystem.
+
+    Attributes:
+        fs: The filesystem.
+        protocol: ``s3``, ``file``, ``memory``...
+        root: The base path inside the filesystem (``bucket/prefix`` for S3).
+        presign_expiry_s: Lifetime of presigned URLs.
+    """
+
+    fs: fsspec.AbstractFileSystem
+    protocol: str
+    root: str
+    presign_expiry_s: int = 3600
+
+    @classmethod
+    def from_url(
+        cls, base_url: str, *, presign_expiry_s: int = 3600, **storage_options: Any
+    ) -> ObjectStore:
+        """The store for ``base_url`` (``s3://bucket/prefix``, a local path, ``memory://x``).
+
+        ``storage_options`` go to the filesystem (for s3fs: ``key``, ``secret``,
+        ``endpoint_url``, ``client_kwargs``...). Instance caching is off, so
+        listings never come from a stale cache after another client wrote.
+        """
+        fs, root = url_to_fs(base_url, skip_instance_cache=True, **storage_options)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return cls(
+            fs=fs, protocol=protocol, root=root.rstrip("/"), presign_expiry_s=presign_expiry_s
+        )
+
+    def path(self, key: str) -> str:
+        """The filesystem path of ``key``."""
+        clean = posixpath.normpath("/" + key).lstrip("/")
+        if clean in ("", "."):
+            raise ValueError(f"invalid storage key {key!r}")
+        return f"{self.root}/{clean}" if self.root else clean
+
+    def url(self, key: str) -> str:
+        """A URL for ``key`` that fsspec opens again (``s3://bucket/prefix/key``, a path...)."""
+        path = self.path(key)
+        if self.protocol == "file":
+            return path
+        return f"{self.protocol}://{path.lstrip('/')}"
+
+    def write(self, key: str, data: bytes) -> str:
+        """Write ``data`` under ``key`` so that no reader ever sees part of it; returns the URL.
+
+        S3 and memory replace an object in one step. On a local disk the bytes go
+        to a temporary name first and are renamed into place.
+        """
+        path = self.path(key)
+        parent = posixpath.dirname(path)
+        if self.protocol == "file":
+            self.fs.makedirs(parent, exist_ok=True)
+            temporary = f"{parent}/.{posixpath.basename(path)}.{uuid.uuid4().hex}.part"
+            self.fs.pipe_file(temporary, data)
+            self.fs.mv(temporary, path)
+        else:
+            self.fs.pipe_file(path, data)
+        return self.url(key)
+
+    def read(self, key: str) -> bytes:
+        """The bytes under ``key``.
+
+        Raises:
+            FileNotFoundError: when there is none.
+        """
+        data: bytes = self.fs.cat_file(self.path(key))
+        return data
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return bool(self.fs.exists(self.path(key)))
+
+    def presigned_url(self, key: str) -> str | None:
+        """A time-limited HTTPS URL that reads ``key`` without credentials; ``None`` off S3."""
+        if self.protocol not in ("s3", "s3a"):
+            return None
+        url: str = self.fs.url(self.path(key), expires=self.presign_expiry_s)
+        return url
