@@ -1,26 +1,44 @@
 """Turning the images a caller has into references an endpoint accepts.
 
-A caller may pass an ``http(s)`` URL (sent as is), a ``data:`` URI (sent as
-is), a local path, raw bytes or a PIL image. Local ones are checked here,
-before any money is spent, and sent inline as data URIs. (Presigned storage
-URLs replace inline data when an S3 storage block is configured.)
+A caller may pass an ``http(s)`` URL (sent as is), a ``data:`` URI, an
+``s3://`` (or other fsspec) URL, a local path, raw bytes or a PIL image.
+Everything but ``http(s)`` URLs is read and checked here, before any money is
+spent (JPEG, PNG, GIF or WEBP; bytes and pixels bounded). With S3 storage,
+such images are sent as presigned URLs (uploaded under ``inputs/{sha256}``
+first when they are not already in the store); otherwise inline as data URIs.
+
+Each resolved image also has an *identity* for the cache key: the sha256 of
+its content, or the URL itself for ``http(s)`` inputs (whose content the
+service fetches and this project never sees).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
+import fsspec
 from PIL import Image, UnidentifiedImageError
 
 from segmind_core.errors import PermanentError
+from segmind_core.object_store import ObjectStore
 
-__all__ = ["ImageInput", "InvalidInputImageError", "to_image_ref"]
+__all__ = [
+    "ImageInput",
+    "InvalidInputImageError",
+    "ResolvedImage",
+    "image_identity",
+    "read_image_input",
+    "resolve_image",
+    "to_image_ref",
+]
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image
 
@@ -126,3 +144,135 @@ def to_image_ref(value: ImageInput, *, field: str) -> str:
         raise InvalidInputImageError(field, f"no such file: {path}")
     data = path.read_bytes()
     return _data_uri(data, _check_image_bytes(field, data, f"file {path}"))
+
+
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An input image ready to send.
+
+    Attributes:
+        ref: What goes in the request: a URL (plain or presigned) or a data URI.
+        identity: For the cache key: ``sha256:<hex>`` of the content, or the http(s) URL.
+        source: What the caller gave, for sidecars: a URL or path; never a presigned
+            URL and never inline data.
+    """
+
+    ref: str
+    identity: str
+    source: str
+
+
+def _is_remote_url(text: str) -> bool:
+    return urlsplit(text).scheme.lower() in ("http", "https")
+
+
+def read_image_input(value: ImageInput, *, field: str, store: ObjectStore | None = None) -> bytes:
+    """The bytes of an input that is not an http(s) URL, checked to be a usable image.
+
+    ``s3://`` and other fsspec URLs are read through ``store`` when it is on the
+    same filesystem (its credentials apply), otherwise with fsspec's defaults.
+
+    Raises:
+        InvalidInputImageError: unreadable, missing, not an image, or too large.
+    """
+    if isinstance(value, Image.Image):
+        data = _encode_pil_image(field, value)
+        _check_image_bytes(field, data, "the PIL image")
+        return data
+    if isinstance(value, bytes | bytearray):
+        data = bytes(value)
+        _check_image_bytes(field, data, "the image bytes")
+        return data
+    text = os.fspath(value)
+    scheme = urlsplit(text).scheme.lower() if isinstance(value, str) else ""
+    if scheme == "data":
+        _, _, payload = text.partition(",")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise InvalidInputImageError(field, "the data URI is not valid base64") from None
+        _check_image_bytes(field, data, "the data URI")
+        return data
+    if len(scheme) > 1:
+        data = _read_fsspec_url(field, text, store)
+        _check_image_bytes(field, data, text)
+        return data
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise InvalidInputImageError(field, f"no such file: {path}")
+    data = path.read_bytes()
+    _check_image_bytes(field, data, f"file {path}")
+    return data
+
+
+def _read_fsspec_url(field: str, url: str, store: ObjectStore | None) -> bytes:
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        if store is not None and scheme == store.protocol:
+            size = store.fs.size(url)
+            if size is not None and size > MAX_INPUT_BYTES:
+                raise InvalidInputImageError(
+                    field, f"{url} is {size} bytes; the limit is {MAX_INPUT_BYTES}"
+                )
+            data: bytes = store.fs.cat_file(url)
+            return data
+        with fsspec.open(url, "rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
+            return data
+    except InvalidInputImageError:
+        raise
+    except FileNotFoundError:
+        raise InvalidInputImageError(field, f"no such object: {url}") from None
+    except (OSError, ValueError, ImportError) as exc:
+        raise InvalidInputImageError(
+            field, f"cannot read {url}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def resolve_image(
+    value: ImageInput, *, field: str, store: ObjectStore | None = None
+) -> ResolvedImage:
+    """Check an input image and decide how to send it.
+
+    Args:
+        value: URL, data URI, fsspec URL, local path, bytes or PIL image.
+        field: The parameter name, for error messages.
+        store: The output store; when it is S3, non-http inputs are sent as
+            presigned URLs instead of inline data.
+
+    Raises:
+        InvalidInputImageError: before anything is sent, for an unusable input.
+    """
+    if isinstance(value, str) and _is_remote_url(value):
+        return ResolvedImage(ref=value, identity=value, source=value)
+    data = read_image_input(value, field=field, store=store)
+    digest = hashlib.sha256(data).hexdigest()
+    mime = _check_image_bytes(field, data, "the image")
+    if isinstance(value, str | os.PathLike) and not str(value).startswith("data:"):
+        source = os.fspath(value)
+    else:
+        source = f"sha256:{digest}"
+    if store is not None and store.can_presign:
+        key = f"inputs/{digest}.{_EXTENSIONS[mime]}"
+        if isinstance(value, str) and urlsplit(value).scheme.lower() == store.protocol:
+            url = store.fs.url(value, expires=store.presign_expiry_s)
+        else:
+            if not store.exists(key):
+                store.write(key, data)
+            url = store.presigned_url(key)
+        return ResolvedImage(ref=str(url), identity=f"sha256:{digest}", source=source)
+    return ResolvedImage(ref=_data_uri(data, mime), identity=f"sha256:{digest}", source=source)
+
+
+def image_identity(value: ImageInput, *, field: str, store: ObjectStore | None = None) -> str:
+    """The cache identity of an input without uploading it: the URL or the content digest.
+
+    Raises:
+        InvalidInputImageError: for an unusable input.
+    """
+    if isinstance(value, str) and _is_remote_url(value):
+        return value
+    return "sha256:" + hashlib.sha256(read_image_input(value, field=field, store=store)).hexdigest()

@@ -94,9 +94,14 @@ class ObjectStore:
         """Whether an object is stored under ``key``."""
         return bool(self.fs.exists(self.path(key)))
 
+    @property
+    def can_presign(self) -> bool:
+        """Whether `presigned_url` gives URLs (S3 only)."""
+        return self.protocol in ("s3", "s3a")
+
     def presigned_url(self, key: str) -> str | None:
         """A time-limited HTTPS URL that reads ``key`` without credentials; ``None`` off S3."""
-        if self.protocol not in ("s3", "s3a"):
+        if not self.can_presign:
             return None
         url: str = self.fs.url(self.path(key), expires=self.presign_expiry_s)
         return url

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from segmind_core.contract import OutputFormat
 from segmind_core.object_store import ObjectStore
@@ -90,9 +90,12 @@ class OutputStore:
         Raises:
             ValueError: when ``image`` is not a PNG or JPEG.
         """
-        with Image.open(io.BytesIO(image)) as decoded:
-            fmt = _PILLOW_FORMATS.get(decoded.format or "")
-            width, height = decoded.width, decoded.height
+        try:
+            with Image.open(io.BytesIO(image)) as decoded:
+                fmt = _PILLOW_FORMATS.get(decoded.format or "")
+                width, height = decoded.width, decoded.height
+        except UnidentifiedImageError:
+            raise ValueError("the bytes to store are not an image") from None
         if fmt is None:
             raise ValueError("only PNG and JPEG outputs are stored")
         url = self.store.url(key)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-__all__ = ["ReportImage", "write_report_page"]
+__all__ = ["ReportImage", "render_report_page"]
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,11 @@ class ReportImage:
     caption: str = ""
 
 
-def write_report_page(path: Path, title: str, panels: Sequence[ReportImage]) -> Path:
-    """Write ``path`` as a self-contained HTML page of ``panels`` in a row.
+def render_report_page(title: str, panels: Sequence[ReportImage]) -> str:
+    """A self-contained HTML page of ``panels`` in a row.
 
-    Every text is HTML-escaped; image sources are relative file names.
-
-    Returns:
-        ``path``.
+    Every text is HTML-escaped; image sources are used as given (relative
+    paths or presigned URLs).
     """
     figures = "\n".join(
         "<figure>"
@@ -63,5 +60,4 @@ p {{ font-size: 0.85rem; color: #555; }}
 </body>
 </html>
 """
-    path.write_text(page, encoding="utf-8")
-    return path
+    return page

@@ -1,0 +1,197 @@
+"""One generation from request to stored output: the body of every endpoint task.
+
+Steps, each before any money is spent unless said otherwise:
+
+1. Draw a seed when none is pinned (so the digest, the key and the sidecar all
+   name the seed actually used, and a new variation gets a new key).
+2. Resolve and check every input image (`resolve_image`).
+3. Validate the body against the contract and compute the request digest.
+4. Look the output up in the store: an output of the same digest with its
+   sidecar is returned as is (a second line of defence behind Prefect's cache,
+   e.g. after a crash between writing the image and recording the result).
+5. Call the service (paid), then store the image and, last, its sidecar.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from PIL import Image
+
+from segmind_core.client import SegmindClient
+from segmind_core.contract import get_endpoint
+from segmind_core.images import ResolvedImage, resolve_image
+from segmind_core.object_store import ObjectStore
+from segmind_core.outputs import OutputStore, StoredImage, output_key
+from segmind_core.request_spec import RequestSpec, request_digest
+
+__all__ = ["StoredGeneration", "generate_and_store", "resolve_spec_images", "with_drawn_seed"]
+
+_SEED_BOUND = 2**31
+
+
+@dataclass(frozen=True)
+class StoredGeneration:
+    """A stored output and how it was made: a reference, not the image bytes.
+
+    Attributes:
+        slug: Endpoint.
+        url: Where the image is (``s3://...``, a path, ``memory://...``).
+        key: Its key under the store's base URL.
+        sha256: Digest of the image bytes (also in the sidecar).
+        format: ``png`` or ``jpg``.
+        width: Pixels.
+        height: Pixels.
+        size_bytes: Length of the image.
+        seed: The seed used.
+        cost_usd: What the call cost; 0 when the output was found in the store.
+        credits_remaining: Balance after the call, when one was made.
+        latency_s: Wall time of the call, retries included (0 when found).
+        attempts: HTTP attempts (0 when found).
+        request_digest: Identity of the request: the cache key and the content address.
+        reused: True when the output was found in the store and nothing was paid.
+    """
+
+    slug: str
+    url: str
+    key: str
+    sha256: str
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+    seed: int
+    cost_usd: Decimal
+    credits_remaining: Decimal | None
+    latency_s: float
+    attempts: int
+    request_digest: str
+    reused: bool = False
+
+
+def resolve_spec_images(
+    spec: RequestSpec, store: ObjectStore | None
+) -> dict[str, ResolvedImage | list[ResolvedImage]]:
+    """Resolve every image field of ``spec`` (lists stay lists)."""
+    resolved: dict[str, ResolvedImage | list[ResolvedImage]] = {}
+    for name, value in spec.images.items():
+        if isinstance(value, str | bytes | os.PathLike | Image.Image):
+            resolved[name] = resolve_image(value, field=name, store=store)
+        else:
+            resolved[name] = [
+                resolve_image(item, field=f"{name}[{i}]", store=store)
+                for i, item in enumerate(value)
+            ]
+    return resolved
+
+
+def _pick(
+    resolved: Mapping[str, ResolvedImage | list[ResolvedImage]], attribute: str
+) -> dict[str, Any]:
+    return {
+        name: [getattr(item, attribute) for item in value]
+        if isinstance(value, list)
+        else getattr(value, attribute)
+        for name, value in resolved.items()
+    }
+
+
+def with_drawn_seed(spec: RequestSpec) -> RequestSpec:
+    """``spec`` with a random seed pinned when it had none (or -1)."""
+    if spec.fixed_seed() is not None:
+        return spec
+    return replace(spec, params={**spec.params, "seed": secrets.randbelow(_SEED_BOUND)})
+
+
+def generate_and_store(
+    client: SegmindClient,
+    spec: RequestSpec,
+    outputs: OutputStore,
+    *,
+    flow_name: str,
+    day: date,
+    job_id: str | None = None,
+    run_ids: Mapping[str, str | None] | None = None,
+) -> StoredGeneration:
+    """Run ``spec`` unless its output is already stored, and store what was paid for.
+
+    Args:
+        client: The Segmind client.
+        spec: The request.
+        outputs: Where the image and its sidecar go.
+        flow_name: First part of the output key.
+        day: Second part of the output key.
+        job_id: The name of the output; the request digest when not given.
+        run_ids: Flow and task run ids for the sidecar.
+
+    Raises:
+        InvalidInputImageError: an input cannot be used (nothing was sent).
+        InvalidRequestError: the parameters break the contract (nothing was sent).
+        SegmindError: the call failed.
+    """
+    spec = with_drawn_seed(spec)
+    resolved = resolve_spec_images(spec, outputs.store)
+    endpoint = get_endpoint(spec.slug)
+    request = endpoint.validate({**spec.canonical_params(), **_pick(resolved, "ref")})
+    digest = request_digest(spec, _pick(resolved, "identity"))
+    key = output_key(flow_name, day, job_id or digest, request.image_format())
+
+    existing = outputs.load(key)
+    if existing is not None and existing.metadata.get("request_digest") == digest:
+        return _reference(spec, existing, digest, reused=True)
+
+    generated = client.generate(spec.slug, request)
+    sidecar = {
+        "slug": spec.slug,
+        "request_digest": digest,
+        "job_id": job_id,
+        "parameters": spec.canonical_params(),
+        "inputs": _pick(resolved, "source"),
+        "input_identities": _pick(resolved, "identity"),
+        "seed": generated.seed,
+        "cost_usd": str(generated.cost_usd),
+        "credits_remaining": (
+            None if generated.credits_remaining is None else str(generated.credits_remaining)
+        ),
+        "latency_s": round(generated.latency_s, 3),
+        "attempts": generated.attempts,
+        "request_id": generated.request_id,
+        "flow_name": flow_name,
+        **{name: value for name, value in (run_ids or {}).items()},
+    }
+    stored = outputs.save(key, generated.image, sidecar)
+    return replace(
+        _reference(spec, stored, digest, reused=False),
+        cost_usd=generated.cost_usd,
+        credits_remaining=generated.credits_remaining,
+        latency_s=generated.latency_s,
+        attempts=generated.attempts,
+    )
+
+
+def _reference(
+    spec: RequestSpec, stored: StoredImage, digest: str, *, reused: bool
+) -> StoredGeneration:
+    return StoredGeneration(
+        slug=spec.slug,
+        url=stored.url,
+        key=stored.key,
+        sha256=stored.sha256,
+        format=stored.format.value,
+        width=stored.width,
+        height=stored.height,
+        size_bytes=stored.size_bytes,
+        seed=int(stored.metadata["seed"]),
+        cost_usd=Decimal("0"),
+        credits_remaining=None,
+        latency_s=0.0,
+        attempts=0,
+        request_digest=digest,
+        reused=reused,
+    )
