@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
-from pathlib import Path
 
-from segmind_core.report import ReportImage, write_report_page
+from segmind_core.report import ReportImage, render_report_page
 
 
 class _Collector(HTMLParser):
@@ -38,11 +37,8 @@ PANELS = [
 ]
 
 
-def test_every_panel_is_on_the_page_in_order(tmp_path: Path) -> None:
-    path = tmp_path / "index.html"
-    returned = write_report_page(path, "Run 2025-06-01", PANELS)
-    assert returned == path
-    page = path.read_text(encoding="utf-8")
+def test_every_panel_is_on_the_page_in_order() -> None:
+    page = render_report_page("Run 2025-06-01", PANELS)
     assert page.startswith("<!doctype html>")
     parsed = parse(page)
     images = [attrs for tag, attrs in parsed.tags if tag == "img"]
@@ -57,7 +53,7 @@ def test_every_panel_is_on_the_page_in_order(tmp_path: Path) -> None:
     assert positions == sorted(positions)
 
 
-def test_text_is_html_escaped(tmp_path: Path) -> None:
+def test_text_is_html_escaped() -> None:
     panels = [
         ReportImage(
             "<script>alert(1)</script>",
@@ -65,8 +61,7 @@ def test_text_is_html_escaped(tmp_path: Path) -> None:
             "cost < 1 & seed > 0",
         )
     ]
-    path = write_report_page(tmp_path / "r.html", "Run <b>bold</b> & co", panels)
-    page = path.read_text(encoding="utf-8")
+    page = render_report_page("Run <b>bold</b> & co", panels)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<b>" not in page
@@ -81,26 +76,16 @@ def test_text_is_html_escaped(tmp_path: Path) -> None:
     assert "script" not in [tag for tag, _ in parsed.tags]
 
 
-def test_unicode_and_an_empty_caption(tmp_path: Path) -> None:
+def test_unicode_and_an_empty_caption() -> None:
     panels = [ReportImage("Fond remplacé — été", "é.png")]
-    page = write_report_page(tmp_path / "u.html", "Résumé", panels).read_text(encoding="utf-8")
+    page = render_report_page("Résumé", panels)
     assert '<meta charset="utf-8">' in page
     assert "Fond remplacé — été" in page
     assert 'src="é.png"' in page
     assert "<p></p>" in page
 
 
-def test_no_panels_still_writes_a_page(tmp_path: Path) -> None:
-    path = write_report_page(tmp_path / "empty.html", "Nothing yet", [])
-    page = path.read_text(encoding="utf-8")
+def test_no_panels_still_makes_a_page() -> None:
+    page = render_report_page("Nothing yet", [])
     assert "<figure>" not in page
     assert "<h1>Nothing yet</h1>" in page
-
-
-def test_overwrites_an_existing_page(tmp_path: Path) -> None:
-    path = tmp_path / "index.html"
-    path.write_text("old content", encoding="utf-8")
-    write_report_page(path, "New", PANELS[:1])
-    page = path.read_text(encoding="utf-8")
-    assert "old content" not in page
-    assert "Input A" in page
