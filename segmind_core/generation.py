@@ -17,52 +17,55 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from segmind_core.client import SegmindClient
-from segmind_core.contract import get_endpoint
+from segmind_core.contract import OutputFormat, get_endpoint
 from segmind_core.images import ResolvedImage, resolve_image
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import OutputStore, StoredImage, output_key
 from segmind_core.request_spec import RequestSpec, request_digest
 
-__all__ = ["StoredGeneration", "generate_and_store", "resolve_spec_images", "with_drawn_seed"]
+__all__ = ["EditResult", "generate_and_store", "resolve_spec_images", "with_drawn_seed"]
 
 _SEED_BOUND = 2**31
 
 
-@dataclass(frozen=True)
-class StoredGeneration:
-    """A stored output and how it was made: a reference, not the image bytes.
+class EditResult(BaseModel):
+    """A stored output and how it was made: a reference, never the image bytes or the key.
 
     Attributes:
-        slug: Endpoint.
-        url: Where the image is (``s3://...``, a path, ``memory://...``).
-        key: Its key under the store's base URL.
+        slug: Endpoint that made the image.
+        url: Where the image is (``s3://...``, a local path, ``memory://...``).
+        key: Its key under the store's base URL; the sidecar is ``key + ".json"``.
         sha256: Digest of the image bytes (also in the sidecar).
         format: ``png`` or ``jpg``.
         width: Pixels.
         height: Pixels.
         size_bytes: Length of the image.
-        seed: The seed used.
+        seed: The seed used; drawn and recorded when none was given.
         cost_usd: What the call cost; 0 when the output was found in the store.
         credits_remaining: Balance after the call, when one was made.
         latency_s: Wall time of the call, retries included (0 when found).
         attempts: HTTP attempts (0 when found).
         request_digest: Identity of the request: the cache key and the content address.
-        reused: True when the output was found in the store and nothing was paid.
+        reused: True when nothing was paid for it in this run (found in the store,
+            or served from Prefect's cache).
     """
+
+    model_config = ConfigDict(frozen=True)
 
     slug: str
     url: str
     key: str
     sha256: str
-    format: str
+    format: OutputFormat
     width: int
     height: int
     size_bytes: int
@@ -118,7 +121,7 @@ def generate_and_store(
     day: date,
     job_id: str | None = None,
     run_ids: Mapping[str, str | None] | None = None,
-) -> StoredGeneration:
+) -> EditResult:
     """Run ``spec`` unless its output is already stored, and store what was paid for.
 
     Args:
@@ -166,24 +169,23 @@ def generate_and_store(
         **{name: value for name, value in (run_ids or {}).items()},
     }
     stored = outputs.save(key, generated.image, sidecar)
-    return replace(
-        _reference(spec, stored, digest, reused=False),
-        cost_usd=generated.cost_usd,
-        credits_remaining=generated.credits_remaining,
-        latency_s=generated.latency_s,
-        attempts=generated.attempts,
+    return _reference(spec, stored, digest, reused=False).model_copy(
+        update={
+            "cost_usd": generated.cost_usd,
+            "credits_remaining": generated.credits_remaining,
+            "latency_s": generated.latency_s,
+            "attempts": generated.attempts,
+        }
     )
 
 
-def _reference(
-    spec: RequestSpec, stored: StoredImage, digest: str, *, reused: bool
-) -> StoredGeneration:
-    return StoredGeneration(
+def _reference(spec: RequestSpec, stored: StoredImage, digest: str, *, reused: bool) -> EditResult:
+    return EditResult(
         slug=spec.slug,
         url=stored.url,
         key=stored.key,
         sha256=stored.sha256,
-        format=stored.format.value,
+        format=stored.format,
         width=stored.width,
         height=stored.height,
         size_bytes=stored.size_bytes,

@@ -1,9 +1,16 @@
 """One Prefect task per Segmind endpoint, and a generic one for any slug.
 
-Each task is a thin wrapper: it turns the image arguments into references
-(`segmind_core.images.to_image_ref`), and calls `SegmindClient.generate`
-through the credentials block. Everything that can be checked before money is
-spent (parameters against the contract, local images) is checked there first.
+Each task is a thin wrapper over `segmind_core.generation.generate_and_store`:
+it describes its request as a `RequestSpec`, and that function checks the
+inputs and the parameters before anything is paid, calls the service through
+the credentials block, and stores the image and its sidecar in the storage
+block. A task returns an `EditResult`: a reference to the stored image and how
+it was made, never the image bytes and never the key.
+
+Caching (`tasks.caching`): a task with a pinned seed is keyed by its request
+digest; with ``persist_result=True`` and ``result_storage`` set to the storage
+block, a second run, process or worker is served from the record without a
+call. Without a seed, one is drawn, recorded, and never served from cache.
 
 Retries happen at two levels, and their product bounds the total:
 
@@ -21,22 +28,23 @@ attempts: 18 with the defaults. Only a complete 200 is billed.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from PIL import Image
 from prefect import Task, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from pydantic import BaseModel, ConfigDict, Field
+from prefect.runtime import flow_run, task_run
 
+from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from segmind_core.client import GeneratedImage
 from segmind_core.contract import FluxAspectRatio, OutputFormat, PImageEditAspectRatio
 from segmind_core.errors import TransientError
-from segmind_core.images import ImageInput, to_image_ref
+from segmind_core.generation import EditResult, generate_and_store
+from segmind_core.images import ImageInput
+from segmind_core.outputs import OutputStore
+from segmind_core.request_spec import RequestSpec
+from tasks.caching import request_cache_policy
 
 __all__ = [
     "TASK_RETRIES",
@@ -54,55 +62,6 @@ TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 10.0
 
 
-class EditResult(BaseModel):
-    """What a task returns: the image and how it was made. Never the key.
-
-    Attributes:
-        slug: Endpoint that made the image.
-        image: The encoded image bytes.
-        format: ``png`` or ``jpg``.
-        width: Pixels.
-        height: Pixels.
-        seed: The seed used; drawn client-side when none was given.
-        cost_usd: Price of the generation.
-        credits_remaining: Balance reported by the service after the call.
-        latency_s: Wall time of the call, client retries included.
-        attempts: HTTP attempts the client made.
-        request_id: The service's request id, when it sent one.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    slug: str
-    image: bytes = Field(repr=False)
-    format: OutputFormat
-    width: int
-    height: int
-    seed: int
-    cost_usd: Decimal
-    credits_remaining: Decimal | None
-    latency_s: float
-    attempts: int
-    request_id: str | None
-
-    @classmethod
-    def from_generated(cls, generated: GeneratedImage) -> EditResult:
-        """Build from the client's result (dropping the request body and its inline images)."""
-        return cls(
-            slug=generated.slug,
-            image=generated.image,
-            format=generated.format,
-            width=generated.width,
-            height=generated.height,
-            seed=generated.seed,
-            cost_usd=generated.cost_usd,
-            credits_remaining=generated.credits_remaining,
-            latency_s=generated.latency_s,
-            attempts=generated.attempts,
-            request_id=generated.request_id,
-        )
-
-
 def retry_transient_errors(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a task run only after a `TransientError`.
 
@@ -117,62 +76,113 @@ def retry_transient_errors(task: Task[..., Any], task_run: TaskRun, state: State
     return False
 
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "retries": TASK_RETRIES,
-    "retry_delay_seconds": TASK_RETRY_DELAY_S,
-    "retry_condition_fn": retry_transient_errors,
-    # Caching keyed on the request and its inputs comes with the storage layer;
-    # Prefect's default policy would hash the credentials block and image bytes.
-    "cache_policy": NO_CACHE,
-}
+def _task_options(build_spec: Callable[[dict[str, Any]], RequestSpec]) -> dict[str, Any]:
+    return {
+        "retries": TASK_RETRIES,
+        "retry_delay_seconds": TASK_RETRY_DELAY_S,
+        "retry_condition_fn": retry_transient_errors,
+        "cache_policy": request_cache_policy(build_spec),
+        "persist_result": True,
+    }
 
 
 def _generate(
-    slug: str, params: dict[str, Any], credentials: SegmindCredentials | None
+    spec: RequestSpec,
+    credentials: SegmindCredentials | None,
+    storage: ObjectStorage | None,
+    job_id: str | None,
 ) -> EditResult:
-    """Call ``slug`` with ``params``; the body shared by every task."""
+    """Run ``spec`` and store the output; the body shared by every task."""
     logger = get_run_logger()
     credentials = credentials if credentials is not None else SegmindCredentials()
+    storage = storage if storage is not None else ObjectStorage()
+    started = flow_run.get_scheduled_start_time() if flow_run.get_id() else None
+    day = (started or datetime.now(UTC)).astimezone(UTC).date()
     with credentials.get_client(logger=logger) as client:
-        generated = client.generate(slug, params)
-    credits = generated.credits_remaining
-    logger.info(
-        "%s: %dx%d %s, seed %d, %.2f USD, %s USD left, %.1f s, %d attempt(s)",
-        slug,
-        generated.width,
-        generated.height,
-        generated.format.value,
-        generated.seed,
-        generated.cost_usd,
-        "?" if credits is None else f"{credits:.2f}",
-        generated.latency_s,
-        generated.attempts,
+        stored = generate_and_store(
+            client,
+            spec,
+            OutputStore(storage.get_store()),
+            flow_name=str(flow_run.get_flow_name() or "adhoc"),
+            day=day,
+            job_id=job_id,
+            run_ids={"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()},
+        )
+    if stored.reused:
+        logger.info("%s: already stored at %s; nothing paid", spec.slug, stored.url)
+    else:
+        logger.info(
+            "%s: %dx%d %s, seed %d, %.2f USD, %s USD left, %.1f s, %d attempt(s) -> %s",
+            spec.slug,
+            stored.width,
+            stored.height,
+            stored.format,
+            stored.seed,
+            stored.cost_usd,
+            "?" if stored.credits_remaining is None else f"{stored.credits_remaining:.2f}",
+            stored.latency_s,
+            stored.attempts,
+            stored.url,
+        )
+    return stored
+
+
+def _flux_spec(slug: str) -> Callable[[dict[str, Any]], RequestSpec]:
+    def build(inputs: dict[str, Any]) -> RequestSpec:
+        image = inputs.get("image")
+        return RequestSpec(
+            slug,
+            {
+                "prompt": inputs["prompt"],
+                "aspect_ratio": inputs.get("aspect_ratio"),
+                "output_format": inputs.get("output_format"),
+                "safety_tolerance": inputs.get("safety_tolerance"),
+                "seed": inputs.get("seed"),
+            },
+            {} if image is None else {"input_image": image},
+        )
+
+    return build
+
+
+def _merge_spec(slug: str) -> Callable[[dict[str, Any]], RequestSpec]:
+    def build(inputs: dict[str, Any]) -> RequestSpec:
+        # ``seed`` is passed even when None: then one is drawn and recorded, instead
+        # of the endpoint's own fixed default (42 on max).
+        return RequestSpec(
+            slug,
+            {
+                "prompt": inputs["prompt"],
+                "aspect_ratio": inputs.get("aspect_ratio"),
+                "output_format": inputs.get("output_format"),
+                "safety_tolerance": inputs.get("safety_tolerance"),
+                "seed": inputs.get("seed") if inputs.get("seed") is not None else -1,
+            },
+            {"input_image_1": inputs["image_1"], "input_image_2": inputs["image_2"]},
+        )
+
+    return build
+
+
+def _p_image_edit_spec(inputs: dict[str, Any]) -> RequestSpec:
+    seed = inputs.get("seed")
+    return RequestSpec(
+        "p-image-edit",
+        {
+            "prompt": inputs["prompt"],
+            "aspect_ratio": inputs.get("aspect_ratio"),
+            "disable_safety_checker": inputs.get("disable_safety_checker"),
+            "seed": -1 if seed is None else seed,
+        },
+        {"image_urls": list(inputs["images"])},
     )
-    return EditResult.from_generated(generated)
 
 
-def _flux_params(
-    prompt: str,
-    image: ImageInput | None,
-    aspect_ratio: FluxAspectRatio | str,
-    output_format: OutputFormat | str,
-    safety_tolerance: int,
-    seed: int | None,
-) -> dict[str, Any]:
-    """The body of a single-image FLUX.1 Kontext call (pro and max share it)."""
-    params: dict[str, Any] = {
-        "prompt": prompt,
-        "aspect_ratio": aspect_ratio,
-        "output_format": output_format,
-        "safety_tolerance": safety_tolerance,
-        "seed": seed,
-    }
-    if image is not None:
-        params["input_image"] = to_image_ref(image, field="input_image")
-    return params
+def _generic_spec(inputs: dict[str, Any]) -> RequestSpec:
+    return RequestSpec(inputs["slug"], dict(inputs["params"]), dict(inputs.get("images") or {}))
 
 
-@task(name="edit-image-with-kontext-pro", **_TASK_OPTIONS)
+@task(name="edit-image-with-kontext-pro", **_task_options(_flux_spec("flux-kontext-pro")))
 def edit_image_with_kontext_pro(
     prompt: str,
     image: ImageInput | None = None,
@@ -181,28 +191,33 @@ def edit_image_with_kontext_pro(
     safety_tolerance: int = 2,
     seed: int | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
     """Edit one image (or make one from text) with FLUX.1 Kontext Pro, $0.05 per image.
 
     Args:
         prompt: The edit to make, e.g. "replace the background with a beach".
-        image: URL, local path, bytes or PIL image; none for text-to-image.
+        image: URL, s3:// URL, local path, bytes or PIL image; none for text-to-image.
         aspect_ratio: One of 14 ratios, or match_input_image.
         output_format: ``png`` or ``jpg``.
         safety_tolerance: 0 (strict) to 6; at most 2 applies with an input image.
-        seed: Fixes the result; a seed is drawn and recorded when none is given.
-        credentials: The credentials block; none means the environment.
+        seed: Fixes the result (and makes it cacheable); drawn and recorded when none.
+        credentials: The credentials block; none means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        storage: Where the image and its sidecar go; none means the local ``outputs`` folder.
+        job_id: Name of the output (sanitised); the request digest when not given.
 
     Example:
         ```python
         result = edit_image_with_kontext_pro("make it a watercolour", image="cat.jpg", seed=7)
+        print(result.url)
         ```
     """
-    params = _flux_params(prompt, image, aspect_ratio, output_format, safety_tolerance, seed)
-    return _generate("flux-kontext-pro", params, credentials)
+    spec = _flux_spec("flux-kontext-pro")(locals())
+    return _generate(spec, credentials, storage, job_id)
 
 
-@task(name="edit-image-with-kontext-max", **_TASK_OPTIONS)
+@task(name="edit-image-with-kontext-max", **_task_options(_flux_spec("flux-kontext-max")))
 def edit_image_with_kontext_max(
     prompt: str,
     image: ImageInput | None = None,
@@ -211,44 +226,21 @@ def edit_image_with_kontext_max(
     safety_tolerance: int = 2,
     seed: int | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
     """Edit one image with FLUX.1 Kontext Max, $0.10 per image; arguments as the pro task.
 
     Example:
         ```python
-        result = edit_image_with_kontext_max("studio lighting", image="https://...", seed=1)
+        result = edit_image_with_kontext_max("studio lighting", image="s3://bucket/a.png", seed=1)
         ```
     """
-    params = _flux_params(prompt, image, aspect_ratio, output_format, safety_tolerance, seed)
-    return _generate("flux-kontext-max", params, credentials)
+    spec = _flux_spec("flux-kontext-max")(locals())
+    return _generate(spec, credentials, storage, job_id)
 
 
-def _merge_params(
-    prompt: str,
-    image_1: ImageInput,
-    image_2: ImageInput,
-    aspect_ratio: FluxAspectRatio | str | None,
-    output_format: OutputFormat | str | None,
-    safety_tolerance: int | None,
-    seed: int | None,
-) -> dict[str, Any]:
-    """The given arguments; the endpoints' own defaults differ (pro vs max).
-
-    ``seed`` is always sent, ``None`` included: the client then draws one and
-    records it, instead of the endpoint's fixed default (42 on max).
-    """
-    params: dict[str, Any] = {
-        "prompt": prompt,
-        "input_image_1": to_image_ref(image_1, field="input_image_1"),
-        "input_image_2": to_image_ref(image_2, field="input_image_2"),
-        "aspect_ratio": aspect_ratio,
-        "output_format": output_format,
-        "safety_tolerance": safety_tolerance,
-    }
-    return {key: value for key, value in params.items() if value is not None} | {"seed": seed}
-
-
-@task(name="merge-images-with-kontext-pro", **_TASK_OPTIONS)
+@task(name="merge-images-with-kontext-pro", **_task_options(_merge_spec("multi-image-kontext-pro")))
 def merge_images_with_kontext_pro(
     prompt: str,
     image_1: ImageInput,
@@ -258,26 +250,28 @@ def merge_images_with_kontext_pro(
     safety_tolerance: int = 2,
     seed: int | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
     """Merge two images with multi-image Kontext Pro, $0.05 per image.
 
     Args:
         prompt: How to combine them, e.g. "the cat sitting next to the cup".
-        image_1: First image (sets match_input_image): URL, path, bytes or PIL image.
+        image_1: First image (sets match_input_image): URL, s3:// URL, path, bytes or PIL image.
         image_2: Second image.
         aspect_ratio: One of 14 ratios, or match_input_image.
         output_format: ``png`` or ``jpg``.
         safety_tolerance: 0 (strict) to 2.
-        seed: Fixes the result; drawn and recorded when none is given.
-        credentials: The credentials block; none means the environment.
+        seed: Fixes the result (and makes it cacheable); drawn and recorded when none.
+        credentials: The credentials block; none means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        storage: Where the image and its sidecar go; none means the local ``outputs`` folder.
+        job_id: Name of the output (sanitised); the request digest when not given.
     """
-    params = _merge_params(
-        prompt, image_1, image_2, aspect_ratio, output_format, safety_tolerance, seed
-    )
-    return _generate("multi-image-kontext-pro", params, credentials)
+    spec = _merge_spec("multi-image-kontext-pro")(locals())
+    return _generate(spec, credentials, storage, job_id)
 
 
-@task(name="merge-images-with-kontext-max", **_TASK_OPTIONS)
+@task(name="merge-images-with-kontext-max", **_task_options(_merge_spec("multi-image-kontext-max")))
 def merge_images_with_kontext_max(
     prompt: str,
     image_1: ImageInput,
@@ -287,20 +281,19 @@ def merge_images_with_kontext_max(
     safety_tolerance: int = 1,
     seed: int | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
-    """Merge two images with multi-image Kontext Max, $0.10 per image.
+    """Merge two images with multi-image Kontext Max, $0.10 per image; arguments as pro.
 
-    Defaults follow the endpoint's documentation: 16:9, jpg, tolerance 1. A
-    seed is drawn and recorded when none is given (the endpoint itself would
-    use 42).
+    Defaults follow the endpoint's documentation: 16:9, jpg, tolerance 1. A seed
+    is drawn and recorded when none is given (the endpoint itself would use 42).
     """
-    params = _merge_params(
-        prompt, image_1, image_2, aspect_ratio, output_format, safety_tolerance, seed
-    )
-    return _generate("multi-image-kontext-max", params, credentials)
+    spec = _merge_spec("multi-image-kontext-max")(locals())
+    return _generate(spec, credentials, storage, job_id)
 
 
-@task(name="edit-images-with-p-image-edit", **_TASK_OPTIONS)
+@task(name="edit-images-with-p-image-edit", **_task_options(_p_image_edit_spec))
 def edit_images_with_p_image_edit(
     prompt: str,
     images: Sequence[ImageInput],
@@ -308,52 +301,44 @@ def edit_images_with_p_image_edit(
     disable_safety_checker: bool = False,
     seed: int | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
     """Edit or combine 1 to 5 images with Pruna p-image-edit, $0.01 per image, PNG out.
 
     Args:
         prompt: The edit, e.g. "make the character lean on the logo".
-        images: 1 to 5 images: URLs, paths, bytes or PIL images.
+        images: 1 to 5 images: URLs, s3:// URLs, paths, bytes or PIL images.
         aspect_ratio: One of 7 ratios, or match_input_image.
         disable_safety_checker: Turn the safety checker off.
-        seed: Fixes the result; drawn and recorded when none (or -1) is given.
-        credentials: The credentials block; none means the environment.
+        seed: Fixes the result (and makes it cacheable); drawn and recorded when none or -1.
+        credentials: The credentials block; none means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        storage: Where the image and its sidecar go; none means the local ``outputs`` folder.
+        job_id: Name of the output (sanitised); the request digest when not given.
     """
-    params: dict[str, Any] = {
-        "prompt": prompt,
-        "image_urls": [
-            to_image_ref(image, field=f"image_urls[{i}]") for i, image in enumerate(images)
-        ],
-        "aspect_ratio": aspect_ratio,
-        "disable_safety_checker": disable_safety_checker,
-    }
-    if seed is not None:
-        params["seed"] = seed
-    else:
-        params["seed"] = -1  # drawn client-side and recorded, not the endpoint's fixed 42
-    return _generate("p-image-edit", params, credentials)
+    spec = _p_image_edit_spec(locals())
+    return _generate(spec, credentials, storage, job_id)
 
 
-@task(name="run-segmind-endpoint", **_TASK_OPTIONS)
+@task(name="run-segmind-endpoint", **_task_options(_generic_spec))
 def run_segmind_endpoint(
     slug: str,
     params: Mapping[str, Any],
     images: Mapping[str, ImageInput | Sequence[ImageInput]] | None = None,
     credentials: SegmindCredentials | None = None,
+    storage: ObjectStorage | None = None,
+    job_id: str | None = None,
 ) -> EditResult:
     """Call any endpoint in the registry with a raw parameter mapping.
 
     Args:
         slug: Endpoint slug, e.g. ``"flux-kontext-pro"``.
-        params: The JSON body (image fields may be left to ``images``).
-        images: Image fields given as URLs, paths, bytes or PIL images (a list for
-            ``image_urls``); turned into references and merged into ``params``.
-        credentials: The credentials block; none means the environment.
+        params: The JSON body without its image fields.
+        images: Image fields as URLs, s3:// URLs, paths, bytes or PIL images (a list
+            for ``image_urls``).
+        credentials: The credentials block; none means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        storage: Where the image and its sidecar go; none means the local ``outputs`` folder.
+        job_id: Name of the output (sanitised); the request digest when not given.
     """
-    body = dict(params)
-    for field, value in (images or {}).items():
-        if isinstance(value, str | bytes | os.PathLike | Image.Image):
-            body[field] = to_image_ref(value, field=field)
-        else:
-            body[field] = [to_image_ref(v, field=f"{field}[{i}]") for i, v in enumerate(value)]
-    return _generate(slug, body, credentials)
+    spec = _generic_spec(locals())
+    return _generate(spec, credentials, storage, job_id)
