@@ -59,17 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = stack.enter_context(_segmind_environment(args.real_api))
         print(f"Segmind API: {target}", flush=True)
 
+        from blocks import ObjectStorage
         from flows.replace_background_then_merge import replace_background_then_merge
 
+        storage = ObjectStorage(base_url=str(Path(args.output_dir).resolve()))
+        storage.save("demo-outputs", overwrite=True)  # cache records need a saved block
         outcome = replace_background_then_merge(
             product_image=str(PHOTOS / "coffee.jpg"),
             second_image=str(PHOTOS / "chelsea.jpg"),
             background_prompt="put the coffee cup on a white marble counter in soft morning light",
             merge_prompt="the cat from the second image sitting beside the coffee cup",
             seed=args.seed,
-            output_dir=args.output_dir,
+            storage=storage,
         )
-    print(f"Outputs: {outcome.folder}")
+    print(f"Background replaced: {outcome.background_replaced.url}")
+    print(f"Merged:              {outcome.merged.url}")
+    print(f"Paid: {outcome.cost_usd:.2f} USD (the same seed again is served from the cache)")
     print(f"Open {outcome.page} in a browser to see inputs, intermediate and result side by side.")
     return 0
 

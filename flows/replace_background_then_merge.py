@@ -2,27 +2,31 @@
 
 Step 1, flux-kontext-pro: the background of ``product_image`` is replaced as
 ``background_prompt`` says. Step 2, multi-image-kontext-pro: that result and
-``second_image`` are merged as ``merge_prompt`` says. The inputs, the
-intermediate and the final image are written to a new folder under
-``output_dir`` with an ``index.html`` that shows them side by side.
+``second_image`` are merged as ``merge_prompt`` says. Both images go to the
+storage block with their sidecars, and a page showing inputs, intermediate
+and output side by side is written beside them.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-from datetime import UTC, datetime
+import posixpath
 from decimal import Decimal
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import NotSet
 from pydantic import BaseModel
 
+from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
 from segmind_core.contract import FluxAspectRatio, OutputFormat
-from segmind_core.report import ReportImage, write_report_page
+from segmind_core.images import read_image_input
+from segmind_core.object_store import ObjectStore
+from segmind_core.outputs import sanitise_key_part
+from segmind_core.report import ReportImage, render_report_page
 from tasks.segmind_tasks import (
     EditResult,
     edit_image_with_kontext_pro,
@@ -33,81 +37,79 @@ __all__ = ["ReplaceBackgroundThenMergeOutcome", "replace_background_then_merge"]
 
 
 class ReplaceBackgroundThenMergeOutcome(BaseModel):
-    """Where the run wrote its files, and what it cost.
+    """Where the run's images and page are, and what it cost.
 
     Attributes:
-        folder: The run's output folder.
-        page: The HTML page that shows inputs, intermediate and output.
         background_replaced: The intermediate image.
         merged: The final image.
+        page: The page that shows inputs, intermediate and output.
         seeds: The seed of each step, to reproduce it.
-        cost_usd: Total price of both generations.
+        cost_usd: What this run paid (0 for steps served from the cache).
     """
 
-    folder: str
+    background_replaced: EditResult
+    merged: EditResult
     page: str
-    background_replaced: str
-    merged: str
     seeds: dict[str, int]
     cost_usd: Decimal
 
 
 def _caption(result: EditResult) -> str:
+    paid = "from cache, 0.00 USD" if result.reused else f"{result.cost_usd:.2f} USD"
     return (
-        f"{result.slug}, {result.width}x{result.height} {result.format.value}, seed {result.seed}, "
-        f"{result.cost_usd:.2f} USD, {result.latency_s:.1f} s"
+        f"{result.slug}, {result.width}x{result.height} {result.format.value}, "
+        f"seed {result.seed}, {paid}"
     )
 
 
-def _copy_input(source: str, folder: Path, stem: str) -> str | None:
-    """Copy a local input next to the outputs; remote inputs are linked, not copied."""
-    path = Path(source).expanduser()
-    if not path.is_file():
-        return None
-    target = folder / f"{stem}{path.suffix.lower()}"
-    shutil.copyfile(path, target)
-    return target.name
+def _paid_in_this_run(state: State[EditResult]) -> EditResult:
+    """The task's result; a result served from Prefect's cache cost this run nothing."""
+    result: EditResult = state.result()
+    if state.name == "Cached":
+        return result.model_copy(update={"reused": True})
+    return result
 
 
-@task(name="write-run-outputs", cache_policy=NO_CACHE)
-def write_run_outputs(
-    output_dir: str,
+def _link(store: ObjectStore, key: str, page_key: str) -> str:
+    """How the page refers to ``key``: a presigned URL on S3, a relative path elsewhere."""
+    presigned = store.presigned_url(key)
+    if presigned is not None:
+        return presigned
+    return posixpath.relpath(key, posixpath.dirname(page_key))
+
+
+@task(name="write-run-page", cache_policy=NO_CACHE)
+def write_run_page(
+    storage: ObjectStorage,
     product_image: str,
     second_image: str,
     background: EditResult,
     merged: EditResult,
-) -> ReplaceBackgroundThenMergeOutcome:
-    """Write both generated images, copies of the inputs and ``index.html`` to a new folder."""
-    run_name = re.sub(r"[^a-z0-9-]+", "-", str(flow_run.get_name() or "local").lower())
-    run_id = str(flow_run.get_id() or "")[:8]
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = Path(output_dir).expanduser().resolve() / f"{stamp}-{run_name}-{run_id}".rstrip("-")
-    folder.mkdir(parents=True, exist_ok=False)
-
-    background_file = folder / f"background-replaced.{background.format.value}"
-    background_file.write_bytes(background.image)
-    merged_file = folder / f"merged.{merged.format.value}"
-    merged_file.write_bytes(merged.image)
-
+) -> str:
+    """Copy the inputs beside the outputs and write the page; returns its URL."""
+    store = storage.get_store()
+    folder = posixpath.dirname(merged.key)
+    run = sanitise_key_part(f"{flow_run.get_name() or 'local'}-{str(flow_run.get_id())[:8]}")
+    page_key = f"{folder}/runs/{run}.html"
     panels = []
-    for title, source, stem in (
-        ("Input A (product)", product_image, "input-a"),
-        ("Input B", second_image, "input-b"),
+    for title, source, field in (
+        ("Input A (product)", product_image, "product_image"),
+        ("Input B", second_image, "second_image"),
     ):
-        name = _copy_input(source, folder, stem) or source
-        panels.append(ReportImage(title, name, source))
-    panels.append(ReportImage("Background replaced", background_file.name, _caption(background)))
-    panels.append(ReportImage("Merged with input B", merged_file.name, _caption(merged)))
-    page = write_report_page(folder / "index.html", "Replace background, then merge", panels)
-
-    return ReplaceBackgroundThenMergeOutcome(
-        folder=str(folder),
-        page=str(page),
-        background_replaced=str(background_file),
-        merged=str(merged_file),
-        seeds={"background": background.seed, "merge": merged.seed},
-        cost_usd=background.cost_usd + merged.cost_usd,
+        data = read_image_input(source, field=field, store=store)
+        input_key = f"{folder}/runs/{run}-{field}{Path(source).suffix.lower() or '.img'}"
+        store.write(input_key, data)
+        panels.append(ReportImage(title, _link(store, input_key, page_key), source))
+    panels.append(
+        ReportImage(
+            "Background replaced", _link(store, background.key, page_key), _caption(background)
+        )
     )
+    panels.append(
+        ReportImage("Merged with input B", _link(store, merged.key, page_key), _caption(merged))
+    )
+    page = render_report_page("Replace background, then merge", panels)
+    return store.write(page_key, page.encode())
 
 
 @flow(name="replace-background-then-merge")
@@ -119,43 +121,68 @@ def replace_background_then_merge(
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE,
     output_format: OutputFormat = OutputFormat.PNG,
     seed: int | None = None,
-    output_dir: str = "outputs",
+    storage: ObjectStorage | None = None,
     credentials: SegmindCredentials | None = None,
+    refresh_cache: bool = False,
 ) -> ReplaceBackgroundThenMergeOutcome:
     """Replace the background of a product photo, then merge it with a second image.
 
     Args:
-        product_image: The photo whose background is replaced: URL or local path.
-        second_image: The image merged with the result: URL or local path.
+        product_image: The photo whose background is replaced: URL, s3:// URL or local path.
+        second_image: The image merged with the result: URL, s3:// URL or local path.
         background_prompt: The new background, e.g. "on a marble counter at sunrise".
         merge_prompt: How to combine the two, e.g. "the cat sitting next to the cup".
         aspect_ratio: Ratio of both outputs; match_input_image follows the product photo.
         output_format: ``png`` or ``jpg`` for both outputs.
-        seed: Fixes both steps; a seed is drawn and recorded per step when none is given.
-        output_dir: Folder under which a new folder is made for this run.
-        credentials: Segmind credentials block; none means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        seed: Fixes both steps and makes them cacheable; drawn and recorded when empty.
+        storage: Where images, sidecars, cache records and the page go; empty means ./outputs.
+        credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        refresh_cache: Generate again even when a cached result exists (pays again).
 
     Returns:
-        Where the images and the page were written, the seeds and the total cost.
+        The two stored images, the page, the seeds and what the run paid.
     """
     logger = get_run_logger()
-    background = edit_image_with_kontext_pro(
+    storage = storage if storage is not None else ObjectStorage()
+    # Prefect keeps cache records only in a saved block; an unsaved one still gets
+    # the outputs, and the output store's own lookup still avoids paying twice.
+    record_storage: ObjectStorage | type[NotSet] = (
+        storage if storage._block_document_id is not None else NotSet
+    )
+    background_state = edit_image_with_kontext_pro.with_options(
+        result_storage=record_storage, refresh_cache=refresh_cache
+    )(
         prompt=background_prompt,
         image=product_image,
         aspect_ratio=aspect_ratio,
         output_format=output_format,
         seed=seed,
         credentials=credentials,
+        storage=storage,
+        return_state=True,
     )
-    merged = merge_images_with_kontext_pro(
+    background = _paid_in_this_run(background_state)
+    merged_state = merge_images_with_kontext_pro.with_options(
+        result_storage=record_storage, refresh_cache=refresh_cache
+    )(
         prompt=merge_prompt,
-        image_1=background.image,
+        image_1=background.url,
         image_2=second_image,
         aspect_ratio=aspect_ratio,
         output_format=output_format,
         seed=seed,
         credentials=credentials,
+        storage=storage,
+        return_state=True,
     )
-    outcome = write_run_outputs(output_dir, product_image, second_image, background, merged)
-    logger.info("Wrote %s (%.2f USD in all)", outcome.page, outcome.cost_usd)
-    return outcome
+    merged = _paid_in_this_run(merged_state)
+    page = write_run_page(storage, product_image, second_image, background, merged)
+    cost = background.cost_usd * (not background.reused) + merged.cost_usd * (not merged.reused)
+    logger.info("Page: %s (%.2f USD paid)", page, cost)
+    return ReplaceBackgroundThenMergeOutcome(
+        background_replaced=background,
+        merged=merged,
+        page=page,
+        seeds={"background": background.seed, "merge": merged.seed},
+        cost_usd=cost,
+    )

@@ -1,0 +1,94 @@
+"""The cache policy of the endpoint tasks: the request, never the run, key or storage.
+
+The key is the request digest (`segmind_core.request_spec.request_digest`):
+slug, canonical parameters and input identities (content digests for local,
+bytes and ``s3://`` inputs; the URL for ``http(s)`` inputs). A request without
+a pinned seed asks for a new variation, so it gets no key and is never served
+from the cache.
+
+Used with ``persist_result=True`` and ``result_storage`` set to an
+`ObjectStorage` block, the records live beside the outputs, so a second
+process or worker finds them. The policy is configured SERIALIZABLE with an
+in-process lock manager: identical requests submitted concurrently in one
+flow run wait for the first and are paid once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.locking.memory import MemoryLockManager
+from prefect.transactions import IsolationLevel
+
+from segmind_core.errors import SegmindError
+from segmind_core.images import ImageInput, image_identity
+from segmind_core.object_store import ObjectStore
+from segmind_core.request_spec import RequestSpec, request_digest
+
+__all__ = ["SHARED_LOCKS", "SegmindRequestCachePolicy", "input_identities", "request_cache_policy"]
+
+# One lock manager for every task of the process: locks are keyed by cache key.
+SHARED_LOCKS = MemoryLockManager()  # type: ignore[no-untyped-call]
+
+
+def input_identities(spec: RequestSpec, store: ObjectStore | None) -> dict[str, str | list[str]]:
+    """The identity of every image field of ``spec`` (lists stay lists)."""
+    identities: dict[str, str | list[str]] = {}
+    for name, value in spec.images.items():
+        if isinstance(value, str | bytes | os.PathLike | Image.Image):
+            identities[name] = image_identity(value, field=name, store=store)
+        else:
+            items: Sequence[ImageInput] = value
+            identities[name] = [
+                image_identity(item, field=f"{name}[{i}]", store=store)
+                for i, item in enumerate(items)
+            ]
+    return identities
+
+
+@dataclass
+class SegmindRequestCachePolicy(CachePolicy):
+    """Cache key from the request a task is about to make.
+
+    Attributes:
+        build_spec: Turns the task's inputs into the `RequestSpec` it will send.
+    """
+
+    build_spec: Callable[[dict[str, Any]], RequestSpec] | None = None
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        """The request digest, or ``None`` (no caching) for an unpinned seed or bad input.
+
+        Bad input gets no key rather than an error here: the task itself then
+        fails with the specific error, before anything is paid.
+        """
+        if self.build_spec is None:
+            return None
+        try:
+            spec = self.build_spec(inputs)
+            if spec.fixed_seed() is None:
+                return None
+            storage = inputs.get("storage")
+            store = storage.get_store() if storage is not None else None
+            return "segmind-" + request_digest(spec, input_identities(spec, store))
+        except (SegmindError, ValueError, OSError):
+            return None
+
+
+def request_cache_policy(build_spec: Callable[[dict[str, Any]], RequestSpec]) -> CachePolicy:
+    """The policy for one task, serialised per key within a process."""
+    return SegmindRequestCachePolicy(build_spec=build_spec).configure(
+        isolation_level=IsolationLevel.SERIALIZABLE, lock_manager=SHARED_LOCKS
+    )
