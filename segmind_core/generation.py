@@ -18,7 +18,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -55,8 +55,10 @@ class EditResult(BaseModel):
         latency_s: Wall time of the call, retries included (0 when found).
         attempts: HTTP attempts (0 when found).
         request_digest: Identity of the request: the cache key and the content address.
-        reused: True when nothing was paid for it in this run (found in the store,
-            or served from Prefect's cache).
+        reused: True when the output was found in the store and nothing was paid.
+            A result served from Prefect's cache is the record of the run that
+            paid (``reused`` False, its cost); the task run's state is then
+            ``Cached``, which is how the flows count it as free.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -121,6 +123,7 @@ def generate_and_store(
     day: date,
     job_id: str | None = None,
     run_ids: Mapping[str, str | None] | None = None,
+    refresh: bool = False,
 ) -> EditResult:
     """Run ``spec`` unless its output is already stored, and store what was paid for.
 
@@ -132,6 +135,8 @@ def generate_and_store(
         day: Second part of the output key.
         job_id: The name of the output; the request digest when not given.
         run_ids: Flow and task run ids for the sidecar.
+        refresh: Generate again (and pay again) even when the output is stored; the
+            new image gets a time-stamped key, so the one already paid for is kept.
 
     Raises:
         InvalidInputImageError: an input cannot be used (nothing was sent).
@@ -147,7 +152,10 @@ def generate_and_store(
 
     existing = outputs.load(key)
     if existing is not None and existing.metadata.get("request_digest") == digest:
-        return _reference(spec, existing, digest, reused=True)
+        if not refresh:
+            return _reference(spec, existing, digest, reused=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
 
     generated = client.generate(spec.slug, request)
     sidecar = {

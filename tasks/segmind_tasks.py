@@ -34,7 +34,9 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
@@ -107,6 +109,7 @@ def _generate(
             day=day,
             job_id=job_id,
             run_ids={"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()},
+            refresh=_refreshing(),
         )
     if stored.reused:
         logger.info("%s: already stored at %s; nothing paid", spec.slug, stored.url)
@@ -125,6 +128,14 @@ def _generate(
             stored.url,
         )
     return stored
+
+
+def _refreshing() -> bool:
+    """Whether this task run was asked to refresh its cache (and so to pay again)."""
+    context = TaskRunContext.get()
+    if context is None:
+        return False
+    return bool(context.task.refresh_cache or PREFECT_TASKS_REFRESH_CACHE.value())
 
 
 def _flux_spec(slug: str) -> Callable[[dict[str, Any]], RequestSpec]:

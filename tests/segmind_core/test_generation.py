@@ -1,0 +1,563 @@
+"""generate_and_store: a real client against the emulator, outputs on memory:// and moto S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import segmind_core.images as images
+from emulator import SegmindEmulator
+from segmind_core.client import GeneratedImage, SegmindClient
+from segmind_core.contract import SegmindRequest
+from segmind_core.generation import EditResult, generate_and_store
+from segmind_core.images import InvalidInputImageError
+from segmind_core.object_store import ObjectStore
+from segmind_core.outputs import SIDECAR_SUFFIX, OutputStore
+from segmind_core.request_spec import RequestSpec
+from tests.conftest import EmulatorFactory, S3Server
+from tests.support import data_uri, decode, file_server, image_bytes
+
+PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
+COFFEE = PHOTOS / "coffee.jpg"  # 600x400
+CHELSEA = PHOTOS / "chelsea.jpg"  # 451x300
+# A key the emulator accepts, recognisable anywhere it must not be.
+KEY = "SG_generation_key_SECRET_0451"
+DAY = date(2026, 3, 14)
+FLOW = "generation-test"
+SEED_BOUND = 2**31
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RecordingClient(SegmindClient):
+    """A real client that also keeps every request it was asked to send."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[SegmindRequest] = []
+
+    def generate(self, slug: str, params: Mapping[str, Any] | SegmindRequest) -> GeneratedImage:
+        assert isinstance(params, SegmindRequest)
+        self.sent.append(params)
+        return super().generate(slug, params)
+
+
+@dataclass
+class Backend:
+    """An output store and an independent view of what it holds."""
+
+    kind: str
+    outputs: OutputStore
+    base_url: str
+    s3: S3Server | None = None
+    raw: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.outputs.store
+
+    def objects(self) -> dict[str, bytes]:
+        """Every object under the base URL, by key, read without the product's code."""
+        if self.s3 is not None:
+            client = self.s3.client()
+            prefix = self.base_url.removeprefix("s3://outputs/") + "/"
+            listed = client.list_objects_v2(Bucket="outputs", Prefix=prefix).get("Contents", [])
+            return {
+                o["Key"].removeprefix(prefix): client.get_object(Bucket="outputs", Key=o["Key"])[
+                    "Body"
+                ].read()
+                for o in listed
+            }
+        fs = self.store.fs
+        root = "/" + self.store.root.lstrip("/")
+        return {
+            path.removeprefix(root + "/"): fs.cat_file(path)
+            for path in fs.find(root)
+            if not fs.isdir(path)
+        }
+
+
+def s3_output_store(s3: S3Server, base_url: str) -> OutputStore:
+    return OutputStore(
+        ObjectStore.from_url(
+            base_url,
+            key=s3.access_key_id,
+            secret=s3.secret_access_key,
+            endpoint_url=s3.endpoint_url,
+            client_kwargs={"region_name": s3.region},
+        )
+    )
+
+
+@pytest.fixture(params=["memory", "s3"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    name = uuid.uuid4().hex
+    if request.param == "memory":
+        base_url = f"memory://gen-{name}"
+        outputs = OutputStore(ObjectStore.from_url(base_url))
+        yield Backend("memory", outputs, base_url)
+        root = "/" + outputs.store.root.lstrip("/")
+        if outputs.store.fs.exists(root):
+            outputs.store.fs.rm(root, recursive=True)
+        return
+    s3: S3Server = request.getfixturevalue("s3")
+    base_url = f"s3://outputs/{name}"
+    yield Backend("s3", s3_output_store(s3, base_url), base_url, s3=s3)
+
+
+@pytest.fixture
+def keyed_emulator(start_emulator: EmulatorFactory) -> SegmindEmulator:
+    return start_emulator(api_key=KEY)
+
+
+@pytest.fixture
+def client(keyed_emulator: SegmindEmulator) -> Iterator[RecordingClient]:
+    with RecordingClient(KEY, base_url=keyed_emulator.url) as client:
+        yield client
+
+
+def generate(
+    client: SegmindClient, spec: RequestSpec, outputs: OutputStore, **kwargs: Any
+) -> EditResult:
+    return generate_and_store(client, spec, outputs, flow_name=FLOW, day=DAY, **kwargs)
+
+
+def edit_spec(image: Any = COFFEE, seed: int | None = 7, prompt: str = "on a beach") -> RequestSpec:
+    return RequestSpec("flux-kontext-pro", {"prompt": prompt, "seed": seed}, {"input_image": image})
+
+
+def sidecar_of(backend: Backend, result: EditResult) -> tuple[str, dict[str, Any]]:
+    text = backend.objects()[result.key + SIDECAR_SUFFIX].decode()
+    return text, json.loads(text)
+
+
+def billed(emulator: SegmindEmulator) -> int:
+    count: int = emulator.stats()["billed"]
+    return count
+
+
+# Storing ------------------------------------------------------------------------------
+
+
+def test_stores_the_image_and_a_sidecar_that_says_how_it_was_made(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    result = generate(client, edit_spec(str(COFFEE)), backend.outputs, run_ids={"flow_run_id": "f"})
+
+    assert not result.reused
+    assert result.seed == 7
+    assert result.cost_usd == Decimal("0.05")
+    assert result.key == f"{FLOW}/2026-03-14/{result.request_digest}.png"
+    assert result.url == backend.store.url(result.key)
+    objects = backend.objects()
+    image = objects[result.key]
+    assert sha256(image) == result.sha256
+    loaded = backend.outputs.load(result.key)
+    assert loaded is not None
+    assert backend.outputs.read_verified(loaded) == image
+    assert decode(image).size == (result.width, result.height) == (1248, 832)  # 3:2 input
+
+    text, sidecar = sidecar_of(backend, result)
+    coffee_sha = sha256(COFFEE.read_bytes())
+    assert sidecar["slug"] == "flux-kontext-pro"
+    assert sidecar["request_digest"] == result.request_digest
+    assert sidecar["parameters"]["seed"] == 7
+    assert sidecar["parameters"]["prompt"] == "on a beach"
+    assert sidecar["seed"] == 7
+    assert sidecar["inputs"] == {"input_image": str(COFFEE)}
+    assert sidecar["input_identities"] == {"input_image": f"sha256:{coffee_sha}"}
+    assert Decimal(sidecar["cost_usd"]) == Decimal("0.05")
+    assert sidecar["flow_run_id"] == "f"
+    assert sidecar["output"]["sha256"] == result.sha256
+    assert sidecar["output"]["key"] == result.key
+    assert KEY not in text
+    assert "data:image" not in text
+    assert "Signature" not in text
+    assert billed(keyed_emulator) == 1
+
+
+def test_bytes_and_data_uri_inputs_are_recorded_by_digest_never_inline(
+    backend: Backend, client: RecordingClient
+) -> None:
+    first = image_bytes((20, 200, 20), (300, 300))
+    second = image_bytes((20, 20, 200), (200, 100))
+    second_uri = data_uri(second)
+    spec = RequestSpec(
+        "multi-image-kontext-pro",
+        {"prompt": "side by side", "seed": 3},
+        {"input_image_1": first, "input_image_2": second_uri},
+    )
+
+    result = generate(client, spec, backend.outputs)
+
+    text, sidecar = sidecar_of(backend, result)
+    assert sidecar["inputs"] == {
+        "input_image_1": f"sha256:{sha256(first)}",
+        "input_image_2": f"sha256:{sha256(second)}",
+    }
+    assert sidecar["input_identities"] == sidecar["inputs"]
+    assert "data:" not in text
+    assert "base64" not in text
+    assert KEY not in text
+    assert decode(backend.objects()[result.key]).size == (1024, 1024)  # 1:1 from input 1
+
+
+def test_an_http_input_is_sent_and_recorded_as_its_url(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    files = {"/cup.jpg": (200, COFFEE.read_bytes(), "image/jpeg")}
+    with file_server(files) as base:
+        url = f"{base}/cup.jpg"
+        result = generate(client, edit_spec(url), backend.outputs)
+
+    assert client.sent[0].input_images() == [("input_image", url)]
+    _, sidecar = sidecar_of(backend, result)
+    assert sidecar["inputs"] == {"input_image": url}
+    assert sidecar["input_identities"] == {"input_image": url}
+    assert billed(keyed_emulator) == 1
+
+
+# Reuse ------------------------------------------------------------------------------
+
+
+def test_a_second_identical_pinned_call_reuses_the_stored_output(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    first = generate(client, edit_spec(), backend.outputs)
+    objects_after_first = backend.objects()
+
+    # The same content given another way (bytes instead of the path) is the same request.
+    second = generate(client, edit_spec(COFFEE.read_bytes()), backend.outputs)
+
+    assert not first.reused
+    assert second.reused
+    assert second.cost_usd == 0
+    assert second.attempts == 0
+    assert (second.url, second.key, second.sha256, second.seed, second.request_digest) == (
+        first.url,
+        first.key,
+        first.sha256,
+        first.seed,
+        first.request_digest,
+    )
+    assert billed(keyed_emulator) == 1
+    assert len(client.sent) == 1
+    assert backend.objects() == objects_after_first
+
+
+def test_a_different_pinned_request_is_not_reused(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    first = generate(client, edit_spec(seed=7), backend.outputs)
+    other_seed = generate(client, edit_spec(seed=8), backend.outputs)
+    other_prompt = generate(client, edit_spec(seed=7, prompt="in the snow"), backend.outputs)
+    other_image = generate(client, edit_spec(CHELSEA, seed=7), backend.outputs)
+
+    results = [first, other_seed, other_prompt, other_image]
+    assert not any(r.reused for r in results)
+    assert len({r.key for r in results}) == 4
+    assert len({r.request_digest for r in results}) == 4
+    assert billed(keyed_emulator) == 4
+
+
+@pytest.mark.parametrize("seed", [None, -1])
+def test_an_unpinned_seed_draws_a_new_one_and_keeps_what_was_paid_for(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator, seed: int | None
+) -> None:
+    first = generate(client, edit_spec(seed=seed), backend.outputs)
+    second = generate(client, edit_spec(seed=seed), backend.outputs)
+
+    assert not first.reused
+    assert not second.reused
+    assert 0 <= first.seed < SEED_BOUND
+    assert 0 <= second.seed < SEED_BOUND
+    assert first.seed != second.seed
+    assert first.key != second.key
+    assert first.request_digest != second.request_digest
+    assert billed(keyed_emulator) == 2
+    # The seed actually sent is the one recorded, in the request and in the sidecar.
+    assert [r.seed for r in client.sent] == [first.seed, second.seed]
+    objects = backend.objects()
+    for result in (first, second):
+        assert sha256(objects[result.key]) == result.sha256
+        sidecar = json.loads(objects[result.key + SIDECAR_SUFFIX])
+        assert sidecar["seed"] == result.seed
+        assert sidecar["parameters"]["seed"] == result.seed
+    # Asking again with the recorded seed is the same request: served from the store.
+    again = generate(client, edit_spec(seed=first.seed), backend.outputs)
+    assert again.reused
+    assert again.key == first.key
+    assert billed(keyed_emulator) == 2
+
+
+def test_a_job_id_names_the_output_and_another_request_under_it_is_generated(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    first = generate(client, edit_spec(seed=1), backend.outputs, job_id="Order #12")
+    same = generate(client, edit_spec(seed=1), backend.outputs, job_id="Order #12")
+    changed = generate(client, edit_spec(seed=2), backend.outputs, job_id="Order #12")
+
+    assert first.key == f"{FLOW}/2026-03-14/order-12.png"
+    assert same.reused
+    assert not changed.reused
+    assert changed.key == first.key
+    assert changed.sha256 != first.sha256
+    assert billed(keyed_emulator) == 2
+    _, sidecar = sidecar_of(backend, changed)
+    assert sidecar["request_digest"] == changed.request_digest
+    assert sidecar["job_id"] == "Order #12"
+    assert sha256(backend.objects()[changed.key]) == changed.sha256
+
+
+# S3: inputs by presigned URL ------------------------------------------------------------
+
+
+def presigned_gets(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The signed GETs the moto server answered with 200, from its request log."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "werkzeug"
+        and '"GET /' in record.getMessage()
+        and "Signature=" in record.getMessage()
+        and '" 200' in record.getMessage()
+    ]
+
+
+def test_on_s3_local_inputs_are_uploaded_and_sent_as_presigned_urls(
+    s3: S3Server,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    prefix = uuid.uuid4().hex
+    outputs = s3_output_store(s3, f"s3://outputs/{prefix}")
+    png = image_bytes((90, 10, 160), (320, 240))
+    path = tmp_path / "product.png"
+    path.write_bytes(png)
+    spec = RequestSpec(
+        "multi-image-kontext-pro",
+        {"prompt": "together", "seed": 4},
+        {"input_image_1": path, "input_image_2": CHELSEA.read_bytes()},
+    )
+
+    result = generate(client, spec, outputs)
+
+    png_key = f"{prefix}/inputs/{sha256(png)}.png"
+    jpg_key = f"{prefix}/inputs/{sha256(CHELSEA.read_bytes())}.jpg"
+    bucket = s3.client()
+    keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="outputs")["Contents"]}
+    assert {png_key, jpg_key} <= keys
+    assert bucket.get_object(Bucket="outputs", Key=png_key)["Body"].read() == png
+    # What was sent: presigned URLs of those objects on the S3 server, no inline data.
+    refs = dict(client.sent[0].input_images())
+    assert refs["input_image_1"].startswith(f"{s3.endpoint_url}/outputs/{png_key}?")
+    assert refs["input_image_2"].startswith(f"{s3.endpoint_url}/outputs/{jpg_key}?")
+    for ref in refs.values():
+        assert "Signature=" in ref
+        assert s3.secret_access_key not in ref
+    # The emulator fetched them from S3 with those URLs, and billed the call.
+    assert billed(keyed_emulator) == 1
+    fetched = presigned_gets(caplog)
+    assert any(f"/outputs/{png_key}?" in line for line in fetched)
+    assert any(f"/outputs/{jpg_key}?" in line for line in fetched)
+    assert keyed_emulator.stats()["by_status"] == {"200": 1}
+    text = bucket.get_object(Bucket="outputs", Key=f"{prefix}/{result.key}.json")["Body"].read()
+    sidecar = json.loads(text)
+    assert sidecar["inputs"] == {
+        "input_image_1": str(path),
+        "input_image_2": f"sha256:{sha256(CHELSEA.read_bytes())}",
+    }
+    for forbidden in (b"Signature", b"data:", KEY.encode(), s3.secret_access_key.encode()):
+        assert forbidden not in text
+
+
+def test_an_s3_input_in_the_same_bucket_is_presigned_directly(
+    s3: S3Server,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    prefix = uuid.uuid4().hex
+    outputs = s3_output_store(s3, f"s3://outputs/{prefix}")
+    s3.client().put_object(Bucket="outputs", Key="uploads/cup.jpg", Body=COFFEE.read_bytes())
+
+    result = generate(client, edit_spec("s3://outputs/uploads/cup.jpg"), outputs)
+
+    ref = dict(client.sent[0].input_images())["input_image"]
+    assert ref.startswith(f"{s3.endpoint_url}/outputs/uploads/cup.jpg?")
+    assert "Signature=" in ref
+    assert billed(keyed_emulator) == 1
+    assert any("/outputs/uploads/cup.jpg?" in line for line in presigned_gets(caplog))
+    listed = s3.client().list_objects_v2(Bucket="outputs", Prefix=f"{prefix}/inputs/")
+    assert listed.get("KeyCount", 0) == 0, "an object already in the bucket was copied"
+    sidecar = json.loads(
+        s3.client().get_object(Bucket="outputs", Key=f"{prefix}/{result.key}.json")["Body"].read()
+    )
+    assert sidecar["inputs"] == {"input_image": "s3://outputs/uploads/cup.jpg"}
+    assert sidecar["input_identities"] == {"input_image": f"sha256:{sha256(COFFEE.read_bytes())}"}
+    # The identity is the content: the same bytes from a path are the same request.
+    again = generate(client, edit_spec(COFFEE), outputs)
+    assert again.reused
+    assert billed(keyed_emulator) == 1
+
+
+def test_a_missing_s3_input_fails_before_any_request(
+    s3: S3Server, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    outputs = s3_output_store(s3, f"s3://outputs/{uuid.uuid4().hex}")
+
+    with pytest.raises(InvalidInputImageError, match="no such object"):
+        generate(client, edit_spec("s3://outputs/uploads/missing.jpg"), outputs)
+
+    assert keyed_emulator.stats()["requests"] == 0
+
+
+# Bad inputs: refused before anything is sent ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda tmp: b"not an image", "not a readable image"),
+        (lambda tmp: image_bytes(fmt="BMP"), "BMP image"),
+        (lambda tmp: b"", "empty"),
+        (lambda tmp: image_bytes()[:200], "not a readable image"),
+        (lambda tmp: str(tmp / "missing.png"), "no such file"),
+        (lambda tmp: "data:image/png;base64,!!!", "not valid base64"),
+    ],
+    ids=["text-bytes", "bmp", "empty", "truncated", "missing-file", "bad-data-uri"],
+)
+def test_an_unusable_input_fails_before_any_request(
+    backend: Backend,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    tmp_path: Path,
+    make_input: Any,
+    message: str,
+) -> None:
+    spec = RequestSpec(
+        "multi-image-kontext-pro",
+        {"prompt": "merge", "seed": 1},
+        {"input_image_1": COFFEE, "input_image_2": make_input(tmp_path)},
+    )
+
+    with pytest.raises(InvalidInputImageError, match=message) as caught:
+        generate(client, spec, backend.outputs)
+
+    assert caught.value.field == "input_image_2"
+    assert keyed_emulator.stats()["requests"] == 0
+    assert client.sent == []
+    # Nothing but (at most) the valid first input was written.
+    assert all(key.startswith("inputs/") for key in backend.objects())
+
+
+def test_an_oversized_input_fails_before_any_request(
+    backend: Backend,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", len(COFFEE.read_bytes()) - 1)
+
+    with pytest.raises(InvalidInputImageError, match="the limit is"):
+        generate(client, edit_spec(COFFEE), backend.outputs)
+
+    assert keyed_emulator.stats()["requests"] == 0
+    assert backend.objects() == {}
+
+
+def test_an_input_with_too_many_pixels_fails_before_any_request(
+    backend: Backend,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(images, "MAX_INPUT_PIXELS", 600 * 400 - 1)
+
+    with pytest.raises(InvalidInputImageError, match="pixels"):
+        generate(client, edit_spec(COFFEE), backend.outputs)
+
+    assert keyed_emulator.stats()["requests"] == 0
+    assert backend.objects() == {}
+
+
+def test_an_oversized_s3_input_fails_before_any_request(
+    s3: S3Server,
+    client: RecordingClient,
+    keyed_emulator: SegmindEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outputs = s3_output_store(s3, f"s3://outputs/{uuid.uuid4().hex}")
+    s3.client().put_object(Bucket="outputs", Key="uploads/cup.jpg", Body=COFFEE.read_bytes())
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", 1000)
+
+    with pytest.raises(InvalidInputImageError, match="the limit is 1000"):
+        generate(client, edit_spec("s3://outputs/uploads/cup.jpg"), outputs)
+
+    assert keyed_emulator.stats()["requests"] == 0
+
+
+# Crash between the image and its sidecar --------------------------------------------------
+
+
+@dataclass
+class SidecarFailingStore(ObjectStore):
+    """A store whose sidecar writes fail, as if the process died between the two writes."""
+
+    def write(self, key: str, data: bytes) -> str:
+        if key.endswith(SIDECAR_SUFFIX):
+            raise OSError("simulated crash before the sidecar")
+        return super().write(key, data)
+
+
+def test_an_image_without_its_sidecar_is_made_again_and_completed(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    store = backend.store
+    crashing = OutputStore(
+        SidecarFailingStore(fs=store.fs, protocol=store.protocol, root=store.root)
+    )
+
+    with pytest.raises(OSError, match="simulated crash"):
+        generate(client, edit_spec(), crashing)
+
+    assert billed(keyed_emulator) == 1
+    orphans = backend.objects()
+    images_written = [k for k in orphans if not k.startswith("inputs/")]
+    assert len(images_written) == 1
+    key = images_written[0]
+    assert not key.endswith(SIDECAR_SUFFIX)
+    assert backend.outputs.load(key) is None
+
+    result = generate(client, edit_spec(), backend.outputs)
+
+    assert not result.reused
+    assert result.key == key
+    assert billed(keyed_emulator) == 2
+    objects = backend.objects()
+    sidecar = json.loads(objects[key + SIDECAR_SUFFIX])
+    assert sidecar["request_digest"] == result.request_digest
+    assert sidecar["output"]["sha256"] == sha256(objects[key]) == result.sha256
+    loaded = backend.outputs.load(key)
+    assert loaded is not None
+    assert sha256(backend.outputs.read_verified(loaded)) == result.sha256
+
+    # Complete now: a third call is served from the store.
+    assert generate(client, edit_spec(), backend.outputs).reused
+    assert billed(keyed_emulator) == 2
