@@ -11,9 +11,11 @@ network and costs nothing. ``--real-api`` uses ``SEGMIND_API_KEY`` (and
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -51,11 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary server can take longer than Prefect's 20 s to start on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        # Prefect runs a temporary local server; keep its database out of ~/.prefect.
+        # Registered before Prefect starts, so it runs after Prefect stops its server.
+        home = tempfile.mkdtemp(prefix="segmind-demo-")
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        os.environ["PREFECT_HOME"] = home
     with contextlib.ExitStack() as stack:
-        if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-            # Prefect runs a temporary local server; keep its database out of ~/.prefect.
-            home = stack.enter_context(tempfile.TemporaryDirectory(prefix="segmind-demo-"))
-            os.environ["PREFECT_HOME"] = home
         target = stack.enter_context(_segmind_environment(args.real_api))
         print(f"Segmind API: {target}", flush=True)
 

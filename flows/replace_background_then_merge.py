@@ -78,6 +78,17 @@ def _link(store: ObjectStore, key: str, page_key: str) -> str:
     return posixpath.relpath(key, posixpath.dirname(page_key))
 
 
+def _result_link(store: ObjectStore, result: EditResult, page_key: str) -> str:
+    """Link to a result, which the cache may have served from another storage.
+
+    The cache key is the request alone (never the storage), so an identical
+    request made earlier into other storage is served from there, not paid again.
+    """
+    if store.url(result.key) == result.url:
+        return _link(store, result.key, page_key)
+    return result.url
+
+
 @task(name="write-run-page", cache_policy=NO_CACHE)
 def write_run_page(
     storage: ObjectStorage,
@@ -106,7 +117,7 @@ def write_run_page(
         )
     )
     panels.append(
-        ReportImage("Merged with input B", _link(store, merged.key, page_key), _caption(merged))
+        ReportImage("Merged with input B", _result_link(store, merged, page_key), _caption(merged))
     )
     page = render_report_page("Replace background, then merge", panels)
     return store.write(page_key, page.encode())

@@ -1,11 +1,22 @@
-"""The Prefect tasks, run in flows under a Prefect test server against the emulator over HTTP."""
+"""The Prefect tasks, run in flows under a Prefect test server against the emulator over HTTP.
+
+Every task stores its image (and a JSON sidecar) in an `ObjectStorage` block
+and returns a reference. Each test passes its own storage (a folder under
+``tmp_path`` or a private ``memory://`` base), never the default ``./outputs``.
+
+Tasks with a pinned seed are cached by request for the whole test session, so
+every test that counts billing makes requests no other test makes: its own
+seed, prompt or inputs, or no seed at all (a drawn seed is never cached).
+"""
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import io
+import json
 import logging
 import random
+import re
 import time
 import traceback
 import uuid
@@ -27,9 +38,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+from prefect.settings import get_current_settings
 from prefect.states import Completed, Failed
 
-from blocks import SegmindCredentials
+from blocks import ObjectStorage, SegmindCredentials
 from emulator import SegmindEmulator
 from segmind_core.contract import InvalidRequestError, OutputFormat
 from segmind_core.errors import (
@@ -43,6 +55,7 @@ from segmind_core.errors import (
     TransientError,
 )
 from segmind_core.images import InvalidInputImageError
+from segmind_core.outputs import SIDECAR_SUFFIX
 from tasks import (
     TASK_RETRIES,
     EditResult,
@@ -54,7 +67,7 @@ from tasks import (
     retry_transient_errors,
     run_segmind_endpoint,
 )
-from tests.conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory, S3Server
 from tests.support import API_KEY, data_uri, decode, emulator_stats, file_server, image_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -67,6 +80,9 @@ CHELSEA = PHOTOS / "chelsea.jpg"  # 451x300: 3:2
 ASTRONAUT = PHOTOS / "astronaut.jpg"  # 512x512: 1:1
 SECRET_KEY = "SG_feedc0ffee1234_SECRET"  # noqa: S105 - fake, recognisable on purpose
 SEED_BOUND = 2**31
+TEST_FLOW = "segmind-task-test"
+# ``{flow}/{YYYY-MM-DD}/{request digest}.{png|jpg}`` when no job id is given.
+DIGEST_KEY = re.compile(rf"{TEST_FLOW}/\d{{4}}-\d{{2}}-\d{{2}}/([0-9a-f]{{64}})\.(png|jpg)")
 
 # Every per-slug task, with Prefect's retry pause removed so a test never waits 10 s.
 FAST = {
@@ -91,7 +107,7 @@ run_endpoint = FAST["run-segmind-endpoint"]
 def in_flow(call: Callable[[], T]) -> T:
     """Run ``call`` (which calls tasks) inside a fresh flow; the flow raises what a task raised."""
 
-    @flow(name="segmind-task-test")
+    @flow(name=TEST_FLOW)
     def wrapper() -> T:
         return call()
 
@@ -101,7 +117,7 @@ def in_flow(call: Callable[[], T]) -> T:
 def flow_state(call: Callable[[], Any]) -> State[Any]:
     """Run ``call`` inside a fresh flow and return the flow's final state."""
 
-    @flow(name="segmind-task-test")
+    @flow(name=TEST_FLOW)
     def wrapper() -> Any:
         return call()
 
@@ -141,16 +157,35 @@ def fast_credentials(emulator: SegmindEmulator, **fields: Any) -> SegmindCredent
     return SegmindCredentials(**settings)
 
 
+@pytest.fixture
+def storage(tmp_path: Path) -> ObjectStorage:
+    """A storage block on a folder of this test's own (created on the first write)."""
+    return ObjectStorage(base_url=str(tmp_path / "store"))
+
+
+def stored_image(storage: ObjectStorage, result: EditResult) -> bytes:
+    """The image bytes ``result`` refers to, read back through the storage."""
+    return storage.get_store().read(result.key)
+
+
+def sidecar_text(storage: ObjectStorage, result: EditResult) -> str:
+    """The JSON sidecar stored beside the image, as text."""
+    return storage.get_store().read(result.key + SIDECAR_SUFFIX).decode()
+
+
+def stored_files(storage: ObjectStorage) -> list[Path]:
+    """Every file under a local storage block's base folder."""
+    return sorted(p for p in Path(storage.base_url).rglob("*") if p.is_file())
+
+
 def result_text(result: EditResult) -> str:
-    """Every field of ``result`` as text (the image as base64)."""
-    return (
-        str(result.model_dump(mode="json", exclude={"image"}))
-        + base64.b64encode(result.image).decode()
-    )
+    """Every field of ``result`` as text."""
+    return repr(result) + str(result) + result.model_dump_json()
 
 
 def assert_result(
     result: EditResult,
+    storage: ObjectStorage,
     *,
     slug: str,
     size: tuple[int, int],
@@ -158,21 +193,50 @@ def assert_result(
     seed: int | None,
     key: str = API_KEY,
 ) -> None:
-    """The result is what ``slug`` makes, and the key is nowhere in it."""
+    """The result refers to a stored image that ``slug`` made, and the key is nowhere in it."""
     assert isinstance(result, EditResult)
     assert result.slug == slug
     assert (result.width, result.height) == size
     assert result.format is fmt
-    image = decode(result.image)
-    assert image.size == size
-    assert image.format == fmt.pillow_format
     if seed is None:
         assert 0 <= result.seed < SEED_BOUND
     else:
         assert result.seed == seed
     assert result.attempts >= 1
-    assert result.request_id
-    for text in (repr(result), str(result), result_text(result)):
+    assert result.reused is False
+
+    # The reference: a content-addressed key under the test flow, and its URL.
+    match = DIGEST_KEY.fullmatch(result.key)
+    assert match is not None, result.key
+    assert match.groups() == (result.request_digest, fmt.value)
+    assert result.url == storage.get_store().url(result.key)
+
+    # The stored bytes are the image the result describes.
+    data = stored_image(storage, result)
+    image = decode(data)
+    assert image.size == size
+    assert image.format == fmt.pillow_format
+    assert hashlib.sha256(data).hexdigest() == result.sha256
+    assert len(data) == result.size_bytes
+
+    # The sidecar says how it was made, and agrees with the bytes.
+    raw_sidecar = sidecar_text(storage, result)
+    sidecar = json.loads(raw_sidecar)
+    assert sidecar["output"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert sidecar["output"]["key"] == result.key
+    assert sidecar["output"]["url"] == result.url
+    assert (sidecar["output"]["width"], sidecar["output"]["height"]) == size
+    assert sidecar["slug"] == slug
+    assert sidecar["request_digest"] == result.request_digest
+    assert sidecar["seed"] == result.seed
+    assert sidecar["parameters"]["seed"] == result.seed
+    assert sidecar["attempts"] == result.attempts
+    assert Decimal(sidecar["cost_usd"]) == result.cost_usd
+    assert sidecar["request_id"]
+    assert sidecar["flow_run_id"]
+    assert sidecar["task_run_id"]
+
+    for text in (result_text(result), raw_sidecar):
         assert key not in text
 
 
@@ -190,61 +254,107 @@ def served_photos() -> Iterator[str]:
 # Success for each task and each kind of image input -------------------------
 
 
-def test_edit_image_with_kontext_pro_from_a_local_path(emulator: SegmindEmulator) -> None:
+def test_edit_image_with_kontext_pro_from_a_local_path(
+    emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     credentials = fast_credentials(emulator)
 
-    result = in_flow(lambda: edit_pro("on a beach", image=COFFEE, seed=11, credentials=credentials))
+    result = in_flow(
+        lambda: edit_pro(
+            "on a beach", image=COFFEE, seed=11, credentials=credentials, storage=storage
+        )
+    )
 
-    assert_result(result, slug="flux-kontext-pro", size=(1248, 832), fmt=OutputFormat.PNG, seed=11)
+    assert_result(
+        result, storage, slug="flux-kontext-pro", size=(1248, 832), fmt=OutputFormat.PNG, seed=11
+    )
     assert result.cost_usd == Decimal("0.05")
     assert result.attempts == 1
+    # Exactly the image and its sidecar, at the URL the result names.
+    image_path = Path(result.url)
+    assert stored_files(storage) == sorted([image_path, Path(f"{image_path}{SIDECAR_SUFFIX}")])
+    sidecar = json.loads(sidecar_text(storage, result))
+    assert sidecar["inputs"] == {"input_image": str(COFFEE)}
+    assert sidecar["input_identities"] == {
+        "input_image": "sha256:" + hashlib.sha256(COFFEE.read_bytes()).hexdigest()
+    }
+    assert sidecar["parameters"]["prompt"] == "on a beach"
+    assert sidecar["flow_name"] == TEST_FLOW
     stats = emulator_stats(emulator.url)
     assert stats["billed"] == 1
     assert stats["by_slug"]["flux-kontext-pro"]["billed"] == 1
 
 
 def test_edit_image_with_kontext_pro_without_an_image_makes_one_from_text(
-    emulator: SegmindEmulator,
+    emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
 
-    result = in_flow(lambda: edit_pro("a red cube", seed=3, credentials=credentials))
+    result = in_flow(
+        lambda: edit_pro("a red cube", seed=3, credentials=credentials, storage=storage)
+    )
 
-    assert_result(result, slug="flux-kontext-pro", size=(1024, 1024), fmt=OutputFormat.PNG, seed=3)
+    assert_result(
+        result, storage, slug="flux-kontext-pro", size=(1024, 1024), fmt=OutputFormat.PNG, seed=3
+    )
+    assert json.loads(sidecar_text(storage, result))["inputs"] == {}
 
 
-def test_edit_image_with_kontext_max_from_bytes_as_jpg(emulator: SegmindEmulator) -> None:
+def test_edit_image_with_kontext_max_from_bytes_as_jpg(
+    emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     credentials = fast_credentials(emulator)
     data = image_bytes(size=(640, 480))  # 4:3
 
     result = in_flow(
         lambda: edit_max(
-            "studio light", image=data, output_format="jpg", seed=12, credentials=credentials
+            "studio light",
+            image=data,
+            output_format="jpg",
+            seed=12,
+            credentials=credentials,
+            storage=storage,
         )
     )
 
-    assert_result(result, slug="flux-kontext-max", size=(1184, 880), fmt=OutputFormat.JPG, seed=12)
+    assert_result(
+        result, storage, slug="flux-kontext-max", size=(1184, 880), fmt=OutputFormat.JPG, seed=12
+    )
     assert result.cost_usd == Decimal("0.10")
+    assert result.url.endswith(".jpg")
+    # Bytes given inline are named by their digest in the sidecar, never copied into it.
+    sidecar = json.loads(sidecar_text(storage, result))
+    assert sidecar["inputs"] == {"input_image": "sha256:" + hashlib.sha256(data).hexdigest()}
 
 
 def test_merge_images_with_kontext_pro_from_a_pil_image_and_a_data_uri(
-    emulator: SegmindEmulator,
+    emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
     portrait = Image.new("RGB", (480, 640), (10, 120, 10))  # 3:4, sets match_input_image
     second = data_uri(image_bytes((0, 0, 200), (100, 100)))
 
     result = in_flow(
-        lambda: merge_pro("side by side", portrait, second, seed=13, credentials=credentials)
+        lambda: merge_pro(
+            "side by side", portrait, second, seed=13, credentials=credentials, storage=storage
+        )
     )
 
     assert_result(
-        result, slug="multi-image-kontext-pro", size=(880, 1184), fmt=OutputFormat.PNG, seed=13
+        result,
+        storage,
+        slug="multi-image-kontext-pro",
+        size=(880, 1184),
+        fmt=OutputFormat.PNG,
+        seed=13,
     )
+    raw_sidecar = sidecar_text(storage, result)
+    assert set(json.loads(raw_sidecar)["inputs"]) == {"input_image_1", "input_image_2"}
+    assert "base64" not in raw_sidecar
 
 
 def test_merge_images_with_kontext_max_from_an_http_url_and_a_path(
-    emulator: SegmindEmulator, served_photos: str
+    emulator: SegmindEmulator, served_photos: str, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
 
@@ -255,17 +365,27 @@ def test_merge_images_with_kontext_max_from_an_http_url_and_a_path(
             CHELSEA,
             seed=14,
             credentials=credentials,
+            storage=storage,
         )
     )
 
     # The endpoint's documented defaults: 16:9 and jpg.
     assert_result(
-        result, slug="multi-image-kontext-max", size=(1392, 752), fmt=OutputFormat.JPG, seed=14
+        result,
+        storage,
+        slug="multi-image-kontext-max",
+        size=(1392, 752),
+        fmt=OutputFormat.JPG,
+        seed=14,
     )
+    sidecar = json.loads(sidecar_text(storage, result))
+    # An http(s) input is identified by its URL; a path by its content.
+    assert sidecar["input_identities"]["input_image_1"] == f"{served_photos}/coffee.jpg"
+    assert sidecar["input_identities"]["input_image_2"].startswith("sha256:")
 
 
 def test_edit_images_with_p_image_edit_takes_every_kind_of_input(
-    emulator: SegmindEmulator, served_photos: str, tmp_path: Path
+    emulator: SegmindEmulator, served_photos: str, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
     images: list[Any] = [
@@ -276,28 +396,39 @@ def test_edit_images_with_p_image_edit_takes_every_kind_of_input(
         f"{served_photos}/chelsea.jpg",
     ]
 
-    result = in_flow(lambda: p_image_edit("combine them", images, seed=15, credentials=credentials))
+    result = in_flow(
+        lambda: p_image_edit(
+            "combine them", images, seed=15, credentials=credentials, storage=storage
+        )
+    )
 
     # match_input_image follows the first input, the square astronaut.
-    assert_result(result, slug="p-image-edit", size=(1024, 1024), fmt=OutputFormat.PNG, seed=15)
+    assert_result(
+        result, storage, slug="p-image-edit", size=(1024, 1024), fmt=OutputFormat.PNG, seed=15
+    )
     assert result.cost_usd == Decimal("0.01")
+    assert len(json.loads(sidecar_text(storage, result))["inputs"]["image_urls"]) == 5
 
 
 def test_edit_images_with_p_image_edit_takes_a_data_uri_and_an_aspect_ratio(
-    emulator: SegmindEmulator,
+    emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
     uri = data_uri(image_bytes(size=(64, 64)))
 
     result = in_flow(
-        lambda: p_image_edit("wider", [uri], aspect_ratio="16:9", seed=5, credentials=credentials)
+        lambda: p_image_edit(
+            "wider", [uri], aspect_ratio="16:9", seed=5, credentials=credentials, storage=storage
+        )
     )
 
-    assert_result(result, slug="p-image-edit", size=(1392, 752), fmt=OutputFormat.PNG, seed=5)
+    assert_result(
+        result, storage, slug="p-image-edit", size=(1392, 752), fmt=OutputFormat.PNG, seed=5
+    )
 
 
 def test_run_segmind_endpoint_with_a_list_of_image_urls(
-    emulator: SegmindEmulator, served_photos: str
+    emulator: SegmindEmulator, served_photos: str, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
 
@@ -307,14 +438,19 @@ def test_run_segmind_endpoint_with_a_list_of_image_urls(
             {"prompt": "the cat holding the cup", "seed": 16},
             images={"image_urls": [CHELSEA, f"{served_photos}/coffee.jpg"]},
             credentials=credentials,
+            storage=storage,
         )
     )
 
-    assert_result(result, slug="p-image-edit", size=(1248, 832), fmt=OutputFormat.PNG, seed=16)
+    assert_result(
+        result, storage, slug="p-image-edit", size=(1248, 832), fmt=OutputFormat.PNG, seed=16
+    )
     assert emulator_stats(emulator.url)["by_slug"]["p-image-edit"]["billed"] == 1
 
 
-def test_run_segmind_endpoint_with_a_single_image_field(emulator: SegmindEmulator) -> None:
+def test_run_segmind_endpoint_with_a_single_image_field(
+    emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     credentials = fast_credentials(emulator)
 
     result = in_flow(
@@ -323,14 +459,17 @@ def test_run_segmind_endpoint_with_a_single_image_field(emulator: SegmindEmulato
             {"prompt": "snow", "aspect_ratio": "1:1", "output_format": "jpg", "seed": 17},
             images={"input_image": COFFEE},
             credentials=credentials,
+            storage=storage,
         )
     )
 
-    assert_result(result, slug="flux-kontext-pro", size=(1024, 1024), fmt=OutputFormat.JPG, seed=17)
+    assert_result(
+        result, storage, slug="flux-kontext-pro", size=(1024, 1024), fmt=OutputFormat.JPG, seed=17
+    )
 
 
 def test_run_segmind_endpoint_rejects_bad_params_before_any_request(
-    emulator: SegmindEmulator,
+    emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
 
@@ -340,80 +479,226 @@ def test_run_segmind_endpoint_rejects_bad_params_before_any_request(
                 "flux-kontext-pro",
                 {"prompt": "snow", "aspect_ratio": "7:3"},
                 credentials=credentials,
+                storage=storage,
             )
         )
     assert emulator_stats(emulator.url)["requests"] == 0
+    assert stored_files(storage) == []
 
 
-def test_tasks_use_the_environment_without_credentials(segmind_env: SegmindEmulator) -> None:
-    result = in_flow(lambda: p_image_edit("blue", [image_bytes(size=(64, 48))], seed=2))
+def test_tasks_use_the_environment_without_credentials(
+    segmind_env: SegmindEmulator, storage: ObjectStorage
+) -> None:
+    result = in_flow(
+        lambda: p_image_edit("blue", [image_bytes(size=(64, 48))], seed=2, storage=storage)
+    )
 
-    assert_result(result, slug="p-image-edit", size=(1184, 880), fmt=OutputFormat.PNG, seed=2)
+    assert_result(
+        result, storage, slug="p-image-edit", size=(1184, 880), fmt=OutputFormat.PNG, seed=2
+    )
     assert emulator_stats(segmind_env.url)["billed"] == 1
 
 
-SEEDLESS_CALLS: dict[str, Callable[[SegmindCredentials], EditResult]] = {
-    "flux-kontext-pro": lambda c: edit_pro("x", image=image_bytes(size=(64, 48)), credentials=c),
-    "flux-kontext-max": lambda c: edit_max("x", image=image_bytes(size=(64, 48)), credentials=c),
-    "multi-image-kontext-pro": lambda c: merge_pro(
-        "x", image_bytes(size=(64, 48)), image_bytes(size=(48, 64)), credentials=c
+def test_a_memory_storage_holds_the_image_and_its_sidecar(emulator: SegmindEmulator) -> None:
+    credentials = fast_credentials(emulator)
+    base = f"memory://task-test-{uuid.uuid4().hex}"
+    storage = ObjectStorage(base_url=base)
+
+    result = in_flow(
+        lambda: p_image_edit(
+            "in memory", [image_bytes(size=(64, 48))], credentials=credentials, storage=storage
+        )
+    )
+
+    assert_result(
+        result, storage, slug="p-image-edit", size=(1184, 880), fmt=OutputFormat.PNG, seed=None
+    )
+    assert result.url == f"{base}/{result.key}"
+    # Another block on the same base URL reads the same object.
+    again = ObjectStorage(base_url=base)
+    assert again.read_path(result.key) == stored_image(storage, result)
+
+
+def test_a_job_id_names_the_output(emulator: SegmindEmulator, storage: ObjectStorage) -> None:
+    credentials = fast_credentials(emulator)
+
+    result = in_flow(
+        lambda: p_image_edit(
+            "named",
+            [image_bytes(size=(64, 48))],
+            seed=18,
+            credentials=credentials,
+            storage=storage,
+            job_id="Spring Catalogue/Item 7",
+        )
+    )
+
+    # Sanitised: lower case, no slash, so it stays one name in the dated folder.
+    assert re.fullmatch(
+        rf"{TEST_FLOW}/\d{{4}}-\d{{2}}-\d{{2}}/spring-catalogue-item-7\.png", result.key
+    )
+    assert decode(stored_image(storage, result)).size == (1184, 880)
+    sidecar = json.loads(sidecar_text(storage, result))
+    assert sidecar["job_id"] == "Spring Catalogue/Item 7"
+    assert sidecar["request_digest"] == result.request_digest
+    assert sidecar["output"]["sha256"] == hashlib.sha256(stored_image(storage, result)).hexdigest()
+
+
+def test_a_task_on_s3_storage_stores_there_and_sends_inputs_as_presigned_urls(
+    emulator: SegmindEmulator, s3: S3Server
+) -> None:
+    credentials = fast_credentials(emulator)
+    storage = ObjectStorage(
+        base_url="s3://outputs/task-test",
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+    )
+    data = image_bytes((30, 60, 90), (64, 48))
+
+    result = in_flow(
+        lambda: edit_pro("on s3", image=data, credentials=credentials, storage=storage)
+    )
+
+    assert result.url == f"s3://outputs/task-test/{result.key}"
+    assert DIGEST_KEY.fullmatch(result.key) is not None
+    client = s3.client()
+    stored = client.get_object(Bucket="outputs", Key=f"task-test/{result.key}")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == result.sha256
+    assert decode(stored).size == (result.width, result.height) == (1184, 880)
+    sidecar = json.loads(
+        client.get_object(Bucket="outputs", Key=f"task-test/{result.key}{SIDECAR_SUFFIX}")[
+            "Body"
+        ].read()
+    )
+    assert sidecar["output"]["sha256"] == result.sha256
+    # The input went up beside the outputs, and the emulator fetched it by presigned URL.
+    digest = hashlib.sha256(data).hexdigest()
+    uploaded = client.get_object(Bucket="outputs", Key=f"task-test/inputs/{digest}.png")
+    assert uploaded["Body"].read() == data
+    assert sidecar["inputs"] == {"input_image": f"sha256:{digest}"}
+    assert s3.secret_access_key not in json.dumps(sidecar) + result_text(result)
+    assert emulator_stats(emulator.url)["billed"] == 1
+
+
+SEEDLESS_CALLS: dict[str, Callable[[SegmindCredentials, ObjectStorage], EditResult]] = {
+    "flux-kontext-pro": lambda c, s: edit_pro(
+        "x", image=image_bytes(size=(64, 48)), credentials=c, storage=s
     ),
-    "multi-image-kontext-max": lambda c: merge_max(
-        "x", image_bytes(size=(64, 48)), image_bytes(size=(48, 64)), credentials=c
+    "flux-kontext-max": lambda c, s: edit_max(
+        "x", image=image_bytes(size=(64, 48)), credentials=c, storage=s
     ),
-    "p-image-edit": lambda c: p_image_edit("x", [image_bytes(size=(64, 48))], credentials=c),
+    "multi-image-kontext-pro": lambda c, s: merge_pro(
+        "x", image_bytes(size=(64, 48)), image_bytes(size=(48, 64)), credentials=c, storage=s
+    ),
+    "multi-image-kontext-max": lambda c, s: merge_max(
+        "x", image_bytes(size=(64, 48)), image_bytes(size=(48, 64)), credentials=c, storage=s
+    ),
+    "p-image-edit": lambda c, s: p_image_edit(
+        "x", [image_bytes(size=(64, 48))], credentials=c, storage=s
+    ),
 }
 
 
 @pytest.mark.parametrize("slug", list(SEEDLESS_CALLS))
-def test_without_a_seed_a_seed_is_drawn_and_recorded(slug: str, emulator: SegmindEmulator) -> None:
+def test_without_a_seed_a_seed_is_drawn_and_recorded(
+    slug: str, emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     credentials = fast_credentials(emulator)
     call = SEEDLESS_CALLS[slug]
 
-    first, second = in_flow(lambda: (call(credentials), call(credentials)))
+    first, second = in_flow(lambda: (call(credentials, storage), call(credentials, storage)))
 
     assert first.slug == second.slug == slug
     assert 0 <= first.seed < SEED_BOUND
     assert 0 <= second.seed < SEED_BOUND
-    # Drawn afresh for each call (the endpoints' own fixed defaults, 42, would repeat).
+    # Drawn afresh for each call (the endpoints' own fixed defaults, 42, would repeat):
+    # a new variation, paid for and stored under its own key, never served from a cache.
     assert first.seed != second.seed
-    assert first.image != second.image
+    assert first.request_digest != second.request_digest
+    assert first.key != second.key
+    assert not first.reused
+    assert not second.reused
+    assert stored_image(storage, first) != stored_image(storage, second)
+    assert first.sha256 != second.sha256
     for result in (first, second):
-        assert API_KEY not in result_text(result)
+        sidecar = json.loads(sidecar_text(storage, result))
+        assert sidecar["seed"] == sidecar["parameters"]["seed"] == result.seed
+        assert API_KEY not in result_text(result) + sidecar_text(storage, result)
+    assert emulator_stats(emulator.url)["billed"] == 2
 
 
-def test_a_recorded_seed_reproduces_the_image(emulator: SegmindEmulator) -> None:
+def test_a_recorded_seed_reproduces_the_image(emulator: SegmindEmulator, tmp_path: Path) -> None:
     credentials = fast_credentials(emulator)
-    data = image_bytes(size=(64, 48))
+    data = image_bytes((1, 2, 3), size=(64, 48))
+    here = ObjectStorage(base_url=str(tmp_path / "here"))
+    elsewhere = ObjectStorage(base_url=str(tmp_path / "elsewhere"))
 
-    drawn = in_flow(lambda: edit_pro("x", image=data, credentials=credentials))
-    again = in_flow(lambda: edit_pro("x", image=data, seed=drawn.seed, credentials=credentials))
+    def three_calls() -> tuple[EditResult, EditResult, EditResult]:
+        drawn = edit_pro("recorded", image=data, credentials=credentials, storage=here)
+        # The same request where its output is already stored: found there, not paid.
+        found = edit_pro(
+            "recorded", image=data, seed=drawn.seed, credentials=credentials, storage=here
+        )
+        # Generated again, and paid, in another storage (the cache bypassed).
+        reproduced = edit_pro.with_options(refresh_cache=True)(
+            "recorded", image=data, seed=drawn.seed, credentials=credentials, storage=elsewhere
+        )
+        return drawn, found, reproduced
 
-    assert again.seed == drawn.seed
-    assert again.image == drawn.image
+    drawn, found, reproduced = in_flow(three_calls)
+
+    assert not drawn.reused
+    assert found.reused
+    assert found.url == drawn.url
+    assert found.sha256 == drawn.sha256
+    assert found.seed == drawn.seed
+    assert found.request_digest == drawn.request_digest
+    assert found.cost_usd == 0
+    assert found.attempts == 0
+
+    assert reproduced.seed == drawn.seed
+    assert reproduced.request_digest == drawn.request_digest
+    assert not reproduced.reused
+    assert reproduced.cost_usd == Decimal("0.05")
+    assert reproduced.url == elsewhere.get_store().url(reproduced.key)
+    assert stored_image(elsewhere, reproduced) == stored_image(here, drawn)
+    assert reproduced.sha256 == drawn.sha256
+    assert emulator_stats(emulator.url)["billed"] == 2
 
 
 # The issue's acceptance check -------------------------------------------------
 
 
 def test_twenty_calls_of_each_task_all_succeed_under_injected_faults(
-    start_emulator: EmulatorFactory,
+    start_emulator: EmulatorFactory, storage: ObjectStorage
 ) -> None:
     emulator = start_emulator(faults={"500": 0.3, "429": 0.2}, fault_seed=1)
     credentials = fast_credentials(emulator)
     small = image_bytes(size=(64, 48))
+    # No seed: each call draws its own, so none is served from a cache and all are paid.
     calls: list[tuple[str, Callable[[], EditResult]]] = [
-        ("flux-kontext-pro", lambda: edit_pro("x", image=small, credentials=credentials)),
-        ("flux-kontext-max", lambda: edit_max("x", image=small, credentials=credentials)),
+        (
+            "flux-kontext-pro",
+            lambda: edit_pro("x", image=small, credentials=credentials, storage=storage),
+        ),
+        (
+            "flux-kontext-max",
+            lambda: edit_max("x", image=small, credentials=credentials, storage=storage),
+        ),
         (
             "multi-image-kontext-pro",
-            lambda: merge_pro("x", small, small, credentials=credentials),
+            lambda: merge_pro("x", small, small, credentials=credentials, storage=storage),
         ),
         (
             "multi-image-kontext-max",
-            lambda: merge_max("x", small, small, credentials=credentials),
+            lambda: merge_max("x", small, small, credentials=credentials, storage=storage),
         ),
-        ("p-image-edit", lambda: p_image_edit("x", [small], credentials=credentials)),
+        (
+            "p-image-edit",
+            lambda: p_image_edit("x", [small], credentials=credentials, storage=storage),
+        ),
     ]
 
     def hundred_calls() -> list[EditResult]:
@@ -424,6 +709,13 @@ def test_twenty_calls_of_each_task_all_succeed_under_injected_faults(
     assert len(results) == 100
     assert [r.slug for r in results] == [slug for _ in range(20) for slug, _ in calls]
     assert all(isinstance(r, EditResult) for r in results)
+    assert not any(r.reused for r in results)
+    assert sum(r.cost_usd for r in results) == 20 * Decimal("0.31")
+    # A hundred outputs, each stored with its sidecar under its own key.
+    assert len({r.key for r in results}) == 100
+    store = storage.get_store()
+    assert all(store.exists(r.key) and store.exists(r.key + SIDECAR_SUFFIX) for r in results)
+    assert len(stored_files(storage)) == 200
     stats = emulator_stats(emulator.url)
     assert stats["billed"] == 100
     assert {slug: s["billed"] for slug, s in stats["by_slug"].items()} == {
@@ -454,7 +746,9 @@ def _seed_whose_first_draw_is_a_429(rate: float) -> int:
     raise AssertionError("no suitable seed")
 
 
-def test_a_429_with_retry_after_is_waited_for(start_emulator: EmulatorFactory) -> None:
+def test_a_429_with_retry_after_is_waited_for(
+    start_emulator: EmulatorFactory, storage: ObjectStorage
+) -> None:
     seed = _seed_whose_first_draw_is_a_429(0.5)
     emulator = start_emulator(faults={"429": 0.5}, fault_seed=seed, retry_after_s=1)
     # Backoff alone would wait 10 ms: only honouring Retry-After makes it a second.
@@ -462,13 +756,16 @@ def test_a_429_with_retry_after_is_waited_for(start_emulator: EmulatorFactory) -
 
     started = time.monotonic()
     result = in_flow(
-        lambda: p_image_edit("x", [image_bytes(size=(64, 48))], seed=1, credentials=credentials)
+        lambda: p_image_edit(
+            "x", [image_bytes(size=(64, 48))], seed=1, credentials=credentials, storage=storage
+        )
     )
     elapsed = time.monotonic() - started
 
     assert result.attempts == 2
     assert elapsed >= 1.0
     assert result.latency_s >= 1.0
+    assert json.loads(sidecar_text(storage, result))["attempts"] == 2
     stats = emulator_stats(emulator.url)
     assert stats["by_status"] == {"200": 1, "429": 1}
     assert stats["billed"] == 1
@@ -477,13 +774,17 @@ def test_a_429_with_retry_after_is_waited_for(start_emulator: EmulatorFactory) -
 # Permanent errors fail on the first attempt -------------------------------------
 
 
-def test_wrong_key_fails_at_once_naming_the_block(emulator: SegmindEmulator) -> None:
+def test_wrong_key_fails_at_once_naming_the_block(
+    emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     name = f"segmind-wrong-{uuid.uuid4().hex[:8]}"
     fast_credentials(emulator, api_key="not-the-key").save(name)
     credentials = SegmindCredentials.load(name)
 
     state = flow_state(
-        lambda: p_image_edit("x", [image_bytes(size=(64, 48))], credentials=credentials)
+        lambda: p_image_edit(
+            "x", [image_bytes(size=(64, 48))], credentials=credentials, storage=storage
+        )
     )
 
     error = raised_by(state)
@@ -497,15 +798,20 @@ def test_wrong_key_fails_at_once_naming_the_block(emulator: SegmindEmulator) -> 
     assert emulator_stats(emulator.url)["requests"] == 1
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
+    assert stored_files(storage) == []
     assert task_run.state is not None
     assert task_run.state.is_failed()
 
 
-def test_an_input_url_the_service_cannot_fetch_fails_at_once(emulator: SegmindEmulator) -> None:
+def test_an_input_url_the_service_cannot_fetch_fails_at_once(
+    emulator: SegmindEmulator, storage: ObjectStorage
+) -> None:
     credentials = fast_credentials(emulator)
 
     state = flow_state(
-        lambda: p_image_edit("x", ["http://127.0.0.1:1/x.png"], credentials=credentials)
+        lambda: p_image_edit(
+            "x", ["http://127.0.0.1:1/x.png"], credentials=credentials, storage=storage
+        )
     )
 
     error = raised_by(state)
@@ -519,14 +825,19 @@ def test_an_input_url_the_service_cannot_fetch_fails_at_once(emulator: SegmindEm
     assert stats["billed"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
+    assert stored_files(storage) == []
 
 
-def test_out_of_credits_fails_at_once_with_the_balance(start_emulator: EmulatorFactory) -> None:
+def test_out_of_credits_fails_at_once_with_the_balance(
+    start_emulator: EmulatorFactory, storage: ObjectStorage
+) -> None:
     emulator = start_emulator(credits_usd=0.03)
     credentials = fast_credentials(emulator)
 
     state = flow_state(
-        lambda: edit_pro("x", image=image_bytes(size=(64, 48)), credentials=credentials)
+        lambda: edit_pro(
+            "x", image=image_bytes(size=(64, 48)), credentials=credentials, storage=storage
+        )
     )
 
     error = raised_by(state)
@@ -541,14 +852,17 @@ def test_out_of_credits_fails_at_once_with_the_balance(start_emulator: EmulatorF
     assert stats["billed"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
+    assert stored_files(storage) == []
 
 
-def test_a_text_file_fails_before_any_request(emulator: SegmindEmulator, tmp_path: Path) -> None:
+def test_a_text_file_fails_before_any_request(
+    emulator: SegmindEmulator, tmp_path: Path, storage: ObjectStorage
+) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
     credentials = fast_credentials(emulator)
 
-    state = flow_state(lambda: edit_pro("x", image=notes, credentials=credentials))
+    state = flow_state(lambda: edit_pro("x", image=notes, credentials=credentials, storage=storage))
 
     error = raised_by(state)
     assert isinstance(error, InvalidInputImageError)
@@ -557,13 +871,18 @@ def test_a_text_file_fails_before_any_request(emulator: SegmindEmulator, tmp_pat
     assert emulator_stats(emulator.url)["requests"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
+    assert stored_files(storage) == []
 
 
-def test_a_missing_file_fails_before_any_request(emulator: SegmindEmulator, tmp_path: Path) -> None:
+def test_a_missing_file_fails_before_any_request(
+    emulator: SegmindEmulator, tmp_path: Path, storage: ObjectStorage
+) -> None:
     missing = tmp_path / "nowhere.png"
     credentials = fast_credentials(emulator)
 
-    state = flow_state(lambda: merge_pro("x", COFFEE, missing, credentials=credentials))
+    state = flow_state(
+        lambda: merge_pro("x", COFFEE, missing, credentials=credentials, storage=storage)
+    )
 
     error = raised_by(state)
     assert isinstance(error, InvalidInputImageError)
@@ -573,20 +892,23 @@ def test_a_missing_file_fails_before_any_request(emulator: SegmindEmulator, tmp_
     assert emulator_stats(emulator.url)["requests"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
+    assert stored_files(storage) == []
 
 
 # Transient errors: the client's budget, then Prefect's outer retries --------------
 
 
 def test_transient_errors_beyond_the_client_budget_are_retried_by_prefect(
-    start_emulator: EmulatorFactory,
+    start_emulator: EmulatorFactory, storage: ObjectStorage
 ) -> None:
     emulator = start_emulator(faults={"500": 1.0})
     credentials = fast_credentials(emulator, max_attempts=2)
     assert TASK_RETRIES == 2
 
     state = flow_state(
-        lambda: p_image_edit("x", [image_bytes(size=(64, 48))], credentials=credentials)
+        lambda: p_image_edit(
+            "x", [image_bytes(size=(64, 48))], credentials=credentials, storage=storage
+        )
     )
 
     error = raised_by(state)
@@ -601,6 +923,7 @@ def test_transient_errors_beyond_the_client_budget_are_retried_by_prefect(
     assert stats["billed"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == TASK_RETRIES + 1
+    assert stored_files(storage) == []
 
 
 def test_tasks_are_configured_with_the_documented_retries() -> None:
@@ -689,12 +1012,13 @@ def prefect_console() -> Iterator[io.StringIO]:
         logger.removeHandler(handler)
 
 
-def test_the_key_appears_in_no_log_error_result_parameter_or_state(
+def test_the_key_appears_in_no_log_error_result_parameter_state_or_stored_file(
     start_emulator: EmulatorFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
     prefect_console: io.StringIO,
+    storage: ObjectStorage,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     # 0.03 USD: one p-image-edit (0.01) succeeds, then flux-kontext-pro (0.05) gets a 406.
@@ -706,19 +1030,19 @@ def test_the_key_appears_in_no_log_error_result_parameter_or_state(
 
     @flow(name="secret-check-succeeds")
     def succeeds(prompt: str) -> EditResult:
-        return p_image_edit(prompt, [small], seed=4)
+        return p_image_edit(prompt, [small], seed=4, storage=storage)
 
     @flow(name="secret-check-out-of-credits")
     def out_of_credits(prompt: str) -> EditResult:
-        return edit_pro(prompt, image=small)
+        return edit_pro(prompt, image=small, storage=storage)
 
     @flow(name="secret-check-server-storm")
     def server_storm(prompt: str, credentials: SegmindCredentials) -> EditResult:
-        return p_image_edit(prompt, [small], credentials=credentials)
+        return p_image_edit(prompt, [small], credentials=credentials, storage=storage)
 
     @flow(name="secret-check-explicit-block")
     def explicit_block(prompt: str, credentials: SegmindCredentials) -> EditResult:
-        return p_image_edit(prompt, [small], seed=9, credentials=credentials)
+        return p_image_edit(prompt, [small], seed=9, credentials=credentials, storage=storage)
 
     storm_credentials = SegmindCredentials(
         base_url=storm.url, max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02
@@ -739,10 +1063,12 @@ def test_the_key_appears_in_no_log_error_result_parameter_or_state(
     assert emulator_stats(storm.url)["requests"] == 2 * (TASK_RETRIES + 1)
 
     texts: dict[str, str] = {}
+    results: list[EditResult] = []
     for name in ("succeeds", "explicit_block"):
         result = states[name].result()
         assert isinstance(result, EditResult)
-        texts[f"{name} result"] = repr(result) + str(result) + result_text(result)
+        results.append(result)
+        texts[f"{name} result"] = result_text(result)
     for name in ("out_of_credits", "server_storm"):
         error = raised_by(states[name])
         assert isinstance(error, InsufficientCreditsError | ServerError)
@@ -771,6 +1097,18 @@ def test_the_key_appears_in_no_log_error_result_parameter_or_state(
     assert "retry 1 of 1" in texts["server_storm server logs"]
     assert "rain" in texts["server_storm parameters"]
 
+    # What was written to disk: the two images with their sidecars, and the
+    # persisted task results (the cache records of the two seeded calls).
+    files = stored_files(storage)
+    assert sorted(p.name for p in files) == sorted(
+        name for r in results for name in (Path(r.url).name, Path(r.url).name + SIDECAR_SUFFIX)
+    )
+    records = Path(get_current_settings().results.local_storage_path)
+    for result in results:
+        assert (records / f"segmind-{result.request_digest}").is_file()
+    for path in [*files, *(p for p in records.rglob("*") if p.is_file())]:
+        texts[f"file {path}"] = path.read_bytes().decode(errors="replace")
+
     captured = capsys.readouterr()
     texts["caplog"] = caplog.text + "\n".join(
         record.getMessage() + str(record.exc_info) for record in caplog.records
@@ -786,16 +1124,25 @@ def test_the_key_appears_in_no_log_error_result_parameter_or_state(
     assert leaks == []
 
 
-def test_result_records_the_balance_and_hides_the_image_bytes_from_repr(
-    emulator: SegmindEmulator,
+def test_result_records_the_balance_and_is_a_reference_not_the_image(
+    emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
 
     result = in_flow(
-        lambda: p_image_edit("x", [image_bytes(size=(64, 48))], seed=8, credentials=credentials)
+        lambda: p_image_edit(
+            "x", [image_bytes(size=(64, 48))], seed=8, credentials=credentials, storage=storage
+        )
     )
 
-    assert "image=" not in repr(result)
+    # No bytes anywhere in the result: a short reference to a much larger stored image.
+    assert not any(isinstance(value, bytes) for value in result.model_dump().values())
+    assert len(result.model_dump_json()) < 1000 < result.size_bytes
+    assert len(stored_image(storage, result)) == result.size_bytes
     assert result.credits_remaining is not None
     assert float(result.credits_remaining) == pytest.approx(100 - 0.01)
+    assert (
+        Decimal(json.loads(sidecar_text(storage, result))["credits_remaining"])
+        == result.credits_remaining
+    )
     assert emulator_stats(emulator.url)["credits_remaining"] == pytest.approx(100 - 0.01)
