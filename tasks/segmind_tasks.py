@@ -64,7 +64,7 @@ TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 10.0
 
 
-def retry_transient_errors(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+def retry_transient_errors(task: Task[..., Any], run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a task run only after a `TransientError`.
 
     It must stay a plain function: Prefect treats other callables as "never retry".
