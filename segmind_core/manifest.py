@@ -1,0 +1,311 @@
+"""Batch manifests: one row per image to make, as JSONL or CSV, checked before any call.
+
+JSONL, one object per line::
+
+    {"id": "sku-123", "endpoint": "multi-image-kontext-pro", "prompt": "...",
+     "images": ["s3://bucket/a.png", "https://..."], "params": {"aspect_ratio": "1:1", "seed": 7}}
+
+CSV, with a header: ``id``, ``endpoint``, ``prompt``, ``images`` (separated by
+``|``), ``background_prompt`` when needed; every other non-empty column is a
+parameter (``aspect_ratio``, ``seed``, ``output_format``, ``safety_tolerance``...),
+typed by the contract models (``7`` is a number, ``true`` a boolean).
+
+``endpoint`` is a slug or ``replace_background_then_merge``, which also needs
+``background_prompt`` and exactly two images (the product photo, then the one
+to merge). ``id`` is required and unique: outputs are stored under it. Blank
+lines are skipped. Relative local image paths are taken relative to a local
+manifest's folder.
+
+`read_manifest` checks every row against the endpoint's contract (with the
+images still unresolved) and reports every problem with its line number at
+once, so a bad row is found before anything is paid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+from pydantic import BaseModel, ConfigDict, Field
+
+from segmind_core.contract import ENDPOINTS, InvalidRequestError, get_endpoint
+from segmind_core.errors import PermanentError
+from segmind_core.outputs import sanitise_key_part
+
+__all__ = [
+    "REPLACE_BACKGROUND_THEN_MERGE",
+    "ManifestError",
+    "ManifestRow",
+    "parse_manifest",
+    "read_manifest",
+]
+
+REPLACE_BACKGROUND_THEN_MERGE = "replace_background_then_merge"
+_FIXED_COLUMNS = ("id", "endpoint", "prompt", "images", "background_prompt")
+_ROW_FIELDS = frozenset({*_FIXED_COLUMNS, "params"})
+_IMAGE_SEPARATOR = "|"
+# Stands in for images while parameters are checked; never sent anywhere.
+_PLACEHOLDER_IMAGE = "https://placeholder.invalid/image.png"
+_IMAGE_COUNTS = {
+    "flux-kontext-pro": (0, 1),
+    "flux-kontext-max": (0, 1),
+    "multi-image-kontext-pro": (2, 2),
+    "multi-image-kontext-max": (2, 2),
+    "p-image-edit": (1, 5),
+    REPLACE_BACKGROUND_THEN_MERGE: (2, 2),
+}
+
+
+class ManifestError(PermanentError, ValueError):
+    """A manifest with problems; ``problems`` lists each as ``"line N (id): what"``."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"manifest {source} has {len(self.problems)} problem(s):\n  {shown}{more}")
+
+
+class ManifestRow(BaseModel):
+    """One checked row.
+
+    Attributes:
+        id: The row's id; outputs are stored under it.
+        endpoint: A slug, or ``replace_background_then_merge``.
+        prompt: The edit (for replace_background_then_merge: the merge).
+        images: Input images as given (relative local paths made absolute).
+        params: The other parameters, typed.
+        background_prompt: The new background (replace_background_then_merge only).
+        line: Where the row is in the manifest (1-based; the header is line 1 in CSV).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    endpoint: str
+    prompt: str
+    images: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    background_prompt: str | None = None
+    line: int
+
+
+def read_manifest(location: str, **storage_options: Any) -> list[ManifestRow]:
+    """Read and check the manifest at a local path or any fsspec URL.
+
+    The format follows the extension: ``.csv`` is CSV, anything else JSONL.
+
+    Raises:
+        ManifestError: listing every problem, or saying the file cannot be read.
+    """
+    try:
+        with fsspec.open(location, "rt", encoding="utf-8", **storage_options) as handle:
+            text = handle.read()
+    except (OSError, ValueError) as exc:
+        raise ManifestError(location, [f"cannot read it: {type(exc).__name__}: {exc}"]) from None
+    base = _local_folder(location)
+    fmt = "csv" if location.lower().endswith(".csv") else "jsonl"
+    return parse_manifest(text, fmt=fmt, source=location, base_folder=base)
+
+
+def _local_folder(location: str) -> Path | None:
+    scheme = urlsplit(location).scheme.lower()
+    if scheme in ("", "file") or len(scheme) == 1:
+        return Path(location.removeprefix("file://")).expanduser().resolve().parent
+    return None
+
+
+def parse_manifest(
+    text: str, *, fmt: str, source: str = "<text>", base_folder: Path | None = None
+) -> list[ManifestRow]:
+    """Parse and check manifest ``text`` (``fmt`` is ``"jsonl"`` or ``"csv"``).
+
+    Raises:
+        ManifestError: listing every problem of every row.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise ValueError(f"unknown manifest format {fmt!r}; use jsonl or csv")
+    raw_rows, problems = _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text)
+    rows: list[ManifestRow] = []
+    seen: dict[str, int] = {}
+    for line, raw in raw_rows:
+        row_problems, row = _check_row(line, raw, base_folder)
+        problems.extend(row_problems)
+        if row is None:
+            continue
+        key = sanitise_key_part(row.id)
+        if key in seen:
+            problems.append(
+                f"line {line} ({row.id}): id repeats line {seen[key]} "
+                "(ids must be unique, also after sanitising)"
+            )
+            continue
+        seen[key] = line
+        rows.append(row)
+    if not raw_rows and not problems:
+        problems.append("no rows")
+    if problems:
+        raise ManifestError(source, sorted(problems, key=_line_number))
+    return rows
+
+
+def _line_number(problem: str) -> int:
+    """The line a problem names, for sorting (problems without one come first)."""
+    words = problem.split(" ", 2)
+    return int(words[1].rstrip(":")) if len(words) > 1 and words[0] == "line" else 0
+
+
+def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {number}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"line {number}: must be a JSON object")
+            continue
+        rows.append((number, value))
+    return rows, problems
+
+
+def _csv_value(text: str) -> Any:
+    """A CSV cell as the JSON value it spells (7, 1.5, true), else the text itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
+
+
+def _csv_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [name for name in ("id", "endpoint", "prompt") if name not in header]
+    if missing:
+        return [], [f"line 1: the header lacks column(s) {', '.join(missing)}"]
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for record in reader:
+        line = reader.line_num
+        if not any((value or "").strip() for value in record.values() if isinstance(value, str)):
+            continue
+        row: dict[str, Any] = {"params": {}}
+        for name, value in record.items():
+            cell = (value or "").strip() if isinstance(value, str) else ""
+            if name is None or not cell:
+                continue
+            if name == "images":
+                row["images"] = [part.strip() for part in cell.split(_IMAGE_SEPARATOR)]
+            elif name in _FIXED_COLUMNS:
+                row[name] = cell
+            else:
+                row["params"][name] = _csv_value(cell)
+        rows.append((line, row))
+    return rows, []
+
+
+def _absolute(image: str, base_folder: Path | None) -> str:
+    if base_folder is None or urlsplit(image).scheme.lower() not in ("",):
+        return image
+    path = Path(image).expanduser()
+    return str(path if path.is_absolute() else (base_folder / path).resolve())
+
+
+def _check_row(
+    line: int, raw: dict[str, Any], base_folder: Path | None
+) -> tuple[list[str], ManifestRow | None]:
+    label = f"line {line}" + (f" ({raw['id']})" if isinstance(raw.get("id"), str) else "")
+    problems: list[str] = []
+    unknown = sorted(
+        set(raw) - {"id", "endpoint", "prompt", "images", "params", "background_prompt"}
+    )
+    if unknown:
+        problems.append(f"{label}: unknown field(s) {', '.join(unknown)}; put parameters in params")
+    row_id = raw.get("id")
+    if not isinstance(row_id, str) or not row_id.strip():
+        problems.append(f"{label}: id is required (a non-empty string)")
+    else:
+        try:
+            sanitise_key_part(row_id)
+        except ValueError:
+            problems.append(f"{label}: id {row_id!r} has no letters or digits to name an output")
+    endpoint = raw.get("endpoint")
+    if endpoint not in _IMAGE_COUNTS:
+        known = ", ".join([*sorted(ENDPOINTS), REPLACE_BACKGROUND_THEN_MERGE])
+        problems.append(f"{label}: endpoint {endpoint!r} is not one of {known}")
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append(f"{label}: prompt is required")
+    images = raw.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        problems.append(f"{label}: images must be a list of URLs or paths")
+        images = []
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        problems.append(f"{label}: params must be an object")
+        params = {}
+    background_prompt = raw.get("background_prompt")
+    if problems or not (
+        isinstance(endpoint, str) and isinstance(prompt, str) and isinstance(row_id, str)
+    ):
+        return problems, None
+
+    low, high = _IMAGE_COUNTS[endpoint]
+    if not low <= len(images) <= high:
+        wanted = str(low) if low == high else f"{low} to {high}"
+        problems.append(f"{label}: {endpoint} takes {wanted} image(s), got {len(images)}")
+    if endpoint == REPLACE_BACKGROUND_THEN_MERGE:
+        if not isinstance(background_prompt, str) or not background_prompt.strip():
+            problems.append(f"{label}: replace_background_then_merge needs background_prompt")
+        problems.extend(_contract_problems(label, "flux-kontext-pro", "x", params, 1))
+        problems.extend(_contract_problems(label, "multi-image-kontext-pro", prompt, params, 2))
+    else:
+        if background_prompt is not None:
+            problems.append(f"{label}: background_prompt is only for replace_background_then_merge")
+        problems.extend(_contract_problems(label, endpoint, prompt, params, len(images)))
+    if problems:
+        return problems, None
+    return [], ManifestRow(
+        id=row_id,
+        endpoint=endpoint,
+        prompt=prompt,
+        images=[_absolute(image, base_folder) for image in images],
+        params=params,
+        background_prompt=background_prompt,
+        line=line,
+    )
+
+
+def _contract_problems(
+    label: str, slug: str, prompt: str, params: dict[str, Any], image_count: int
+) -> list[str]:
+    """The contract's objections to ``params`` (images stand in as placeholders)."""
+    request_model = get_endpoint(slug).request_model
+    image_fields = {"input_image", "input_image_1", "input_image_2", "image_urls"}
+    misplaced = sorted(image_fields & set(params))
+    if misplaced:
+        return [f"{label}: give images in the images list, not as {', '.join(misplaced)}"]
+    body: dict[str, Any] = {**params, "prompt": prompt}
+    fields = request_model.model_fields
+    if "image_urls" in fields:
+        body["image_urls"] = [_PLACEHOLDER_IMAGE] * max(1, image_count)
+    elif "input_image_1" in fields:
+        body["input_image_1"] = body["input_image_2"] = _PLACEHOLDER_IMAGE
+    elif image_count:
+        body["input_image"] = _PLACEHOLDER_IMAGE
+    try:
+        get_endpoint(slug).validate(body)
+    except InvalidRequestError as exc:
+        return [f"{label}: {problem}" for problem in exc.problems]
+    return []
