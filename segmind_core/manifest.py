@@ -106,7 +106,8 @@ def read_manifest(location: str, **storage_options: Any) -> list[ManifestRow]:
         ManifestError: listing every problem, or saying the file cannot be read.
     """
     try:
-        with fsspec.open(location, "rt", encoding="utf-8", **storage_options) as handle:
+        # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
+        with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
             text = handle.read()
     except (OSError, ValueError) as exc:
         raise ManifestError(location, [f"cannot read it: {type(exc).__name__}: {exc}"]) from None
@@ -165,7 +166,10 @@ def _line_number(problem: str) -> int:
 def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
     rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a record: str.splitlines() would also split on U+2028 and other
+    # separators that JSON allows inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
