@@ -125,25 +125,17 @@ def to_image_ref(value: ImageInput, *, field: str) -> str:
         >>> to_image_ref("https://example.com/cat.png", field="input_image")
         'https://example.com/cat.png'
     """
-    if isinstance(value, Image.Image):
-        data = _encode_pil_image(field, value)
-        return _data_uri(data, _check_image_bytes(field, data, "the PIL image"))
-    if isinstance(value, bytes | bytearray):
-        data = bytes(value)
-        return _data_uri(data, _check_image_bytes(field, data, "the image bytes"))
-    text = os.fspath(value)
-    scheme = urlsplit(text).scheme.lower() if isinstance(value, str) else ""
-    if scheme in ("http", "https", "data"):
-        return text
-    if scheme and len(scheme) > 1:
-        raise InvalidInputImageError(
-            field, f"{scheme}:// inputs are not supported yet; give an http(s) URL or a local path"
-        )
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise InvalidInputImageError(field, f"no such file: {path}")
-    data = path.read_bytes()
-    return _data_uri(data, _check_image_bytes(field, data, f"file {path}"))
+    if isinstance(value, str):
+        scheme = urlsplit(value).scheme.lower()
+        if scheme in ("http", "https", "data"):
+            return value
+        if len(scheme) > 1:
+            raise InvalidInputImageError(
+                field,
+                f"{scheme}:// inputs are not supported yet; give an http(s) URL or a local path",
+            )
+    data, mime = _read_checked(value, field=field, store=None)
+    return _data_uri(data, mime)
 
 
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
@@ -178,14 +170,17 @@ def read_image_input(value: ImageInput, *, field: str, store: ObjectStore | None
     Raises:
         InvalidInputImageError: unreadable, missing, not an image, or too large.
     """
+    return _read_checked(value, field=field, store=store)[0]
+
+
+def _read_checked(value: ImageInput, *, field: str, store: ObjectStore | None) -> tuple[bytes, str]:
+    """`read_image_input`'s work: the bytes and their MIME type, decoded once."""
     if isinstance(value, Image.Image):
         data = _encode_pil_image(field, value)
-        _check_image_bytes(field, data, "the PIL image")
-        return data
+        return data, _check_image_bytes(field, data, "the PIL image")
     if isinstance(value, bytes | bytearray):
         data = bytes(value)
-        _check_image_bytes(field, data, "the image bytes")
-        return data
+        return data, _check_image_bytes(field, data, "the image bytes")
     text = os.fspath(value)
     scheme = urlsplit(text).scheme.lower() if isinstance(value, str) else ""
     if scheme == "data":
@@ -194,18 +189,15 @@ def read_image_input(value: ImageInput, *, field: str, store: ObjectStore | None
             data = base64.b64decode(payload, validate=True)
         except ValueError:
             raise InvalidInputImageError(field, "the data URI is not valid base64") from None
-        _check_image_bytes(field, data, "the data URI")
-        return data
+        return data, _check_image_bytes(field, data, "the data URI")
     if len(scheme) > 1:
         data = _read_fsspec_url(field, text, store)
-        _check_image_bytes(field, data, text)
-        return data
+        return data, _check_image_bytes(field, data, text)
     path = Path(text).expanduser()
     if not path.is_file():
         raise InvalidInputImageError(field, f"no such file: {path}")
     data = path.read_bytes()
-    _check_image_bytes(field, data, f"file {path}")
-    return data
+    return data, _check_image_bytes(field, data, f"file {path}")
 
 
 def _read_fsspec_url(field: str, url: str, store: ObjectStore | None) -> bytes:
@@ -248,9 +240,8 @@ def resolve_image(
     """
     if isinstance(value, str) and _is_remote_url(value):
         return ResolvedImage(ref=value, identity=value, source=value)
-    data = read_image_input(value, field=field, store=store)
+    data, mime = _read_checked(value, field=field, store=store)
     digest = hashlib.sha256(data).hexdigest()
-    mime = _check_image_bytes(field, data, "the image")
     if isinstance(value, str | os.PathLike) and not str(value).startswith("data:"):
         source = os.fspath(value)
     else:
