@@ -15,13 +15,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import NotSet
 from pydantic import BaseModel
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
+from flows.common import paid_in_this_run, record_storage
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.images import read_image_input
 from segmind_core.object_store import ObjectStore
@@ -60,14 +59,6 @@ def _caption(result: EditResult) -> str:
         f"{result.slug}, {result.width}x{result.height} {result.format.value}, "
         f"seed {result.seed}, {paid}"
     )
-
-
-def _paid_in_this_run(state: State[EditResult]) -> EditResult:
-    """The task's result; a result served from Prefect's cache cost this run nothing."""
-    result: EditResult = state.result()
-    if state.name == "Cached":
-        return result.model_copy(update={"reused": True})
-    return result
 
 
 def _link(store: ObjectStore, key: str, page_key: str) -> str:
@@ -155,13 +146,9 @@ def replace_background_then_merge(
     """
     logger = get_run_logger()
     storage = storage if storage is not None else ObjectStorage()
-    # Prefect keeps cache records only in a saved block; an unsaved one still gets
-    # the outputs, and the output store's own lookup still avoids paying twice.
-    record_storage: ObjectStorage | type[NotSet] = (
-        storage if storage._block_document_id is not None else NotSet
-    )
+    records = record_storage(storage)
     background_state = edit_image_with_kontext_pro.with_options(
-        result_storage=record_storage, refresh_cache=refresh_cache
+        result_storage=records, refresh_cache=refresh_cache
     )(
         prompt=background_prompt,
         image=product_image,
@@ -172,9 +159,9 @@ def replace_background_then_merge(
         storage=storage,
         return_state=True,
     )
-    background = _paid_in_this_run(background_state)
+    background = paid_in_this_run(background_state)
     merged_state = merge_images_with_kontext_pro.with_options(
-        result_storage=record_storage, refresh_cache=refresh_cache
+        result_storage=records, refresh_cache=refresh_cache
     )(
         prompt=merge_prompt,
         image_1=background.url,
@@ -186,7 +173,7 @@ def replace_background_then_merge(
         storage=storage,
         return_state=True,
     )
-    merged = _paid_in_this_run(merged_state)
+    merged = paid_in_this_run(merged_state)
     page = write_run_page(storage, product_image, second_image, background, merged)
     cost = background.cost_usd * (not background.reused) + merged.cost_usd * (not merged.reused)
     logger.info("Page: %s (%.2f USD paid)", page, cost)

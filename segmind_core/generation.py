@@ -135,8 +135,10 @@ def generate_and_store(
         day: Second part of the output key.
         job_id: The name of the output; the request digest when not given.
         run_ids: Flow and task run ids for the sidecar.
-        refresh: Generate again (and pay again) even when the output is stored; the
-            new image gets a time-stamped key, so the one already paid for is kept.
+        refresh: Generate again (and pay again) even when the output is stored.
+            A new image whose key is taken (a refresh, or another request under
+            the same ``job_id`` on the same day) gets a time-stamped key, so the
+            one already paid for is kept.
 
     Raises:
         InvalidInputImageError: an input cannot be used (nothing was sent).
@@ -151,9 +153,11 @@ def generate_and_store(
     key = output_key(flow_name, day, job_id or digest, request.image_format())
 
     existing = outputs.load(key)
-    if existing is not None and existing.metadata.get("request_digest") == digest:
-        if not refresh:
+    if existing is not None:
+        if existing.metadata.get("request_digest") == digest and not refresh:
             return _reference(spec, existing, digest, reused=True)
+        # A refresh, or another request under the same job id (a new seed, a changed
+        # prompt): never overwrite an image already paid for.
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
 

@@ -16,9 +16,15 @@ to merge). ``id`` is required and unique: outputs are stored under it. Blank
 lines are skipped. Relative local image paths are taken relative to a local
 manifest's folder.
 
-`read_manifest` checks every row against the endpoint's contract (with the
-images still unresolved) and reports every problem with its line number at
-once, so a bad row is found before anything is paid.
+Every row is checked against its endpoint's contract (with the images still
+unresolved) before anything is paid, and every problem is reported with its
+line number. `load_manifest` keeps the good rows and sets the bad ones aside
+(`RejectedRow`), which is what a batch that must not sink on a few bad rows
+wants; `read_manifest` refuses the whole manifest on any problem.
+
+Defaults (``defaults``, ``default_endpoint``) fill what a row leaves out: a
+default parameter applies only to endpoints that have that parameter, and a
+value the endpoint refuses makes a problem of the row like any other.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,12 +43,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segmind_core.contract import ENDPOINTS, InvalidRequestError, get_endpoint
 from segmind_core.errors import PermanentError
+from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import sanitise_key_part
 
 __all__ = [
+    "BATCH_ENDPOINTS",
     "REPLACE_BACKGROUND_THEN_MERGE",
+    "Manifest",
     "ManifestError",
     "ManifestRow",
+    "RejectedRow",
+    "load_manifest",
     "parse_manifest",
     "read_manifest",
 ]
@@ -60,6 +72,8 @@ _IMAGE_COUNTS = {
     "p-image-edit": (1, 5),
     REPLACE_BACKGROUND_THEN_MERGE: (2, 2),
 }
+BATCH_ENDPOINTS = tuple(_IMAGE_COUNTS)
+"""What a row's ``endpoint`` may be: the five slugs and the two-step flow."""
 
 
 class ManifestError(PermanentError, ValueError):
@@ -97,23 +111,112 @@ class ManifestRow(BaseModel):
     line: int
 
 
-def read_manifest(location: str, **storage_options: Any) -> list[ManifestRow]:
-    """Read and check the manifest at a local path or any fsspec URL.
+@dataclass(frozen=True)
+class RejectedRow:
+    """A row that cannot run, and why.
 
-    The format follows the extension: ``.csv`` is CSV, anything else JSONL.
+    Attributes:
+        line: Where the row is in the manifest.
+        id: Its id, when it has a usable one.
+        problems: Each problem as ``"line N (id): what"``.
+        endpoint: Its endpoint as given, when it is text.
+    """
+
+    line: int
+    id: str | None
+    problems: tuple[str, ...]
+    endpoint: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """The problems on one line."""
+        return "; ".join(self.problems)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: the rows that can run and those that cannot.
+
+    Attributes:
+        source: Where it was read from.
+        rows: The good rows, in manifest order.
+        rejected: The bad rows, by line.
+    """
+
+    source: str
+    rows: list[ManifestRow]
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Every problem of every rejected row, by line."""
+        return [problem for row in self.rejected for problem in row.problems]
+
+    def raise_for_problems(self) -> list[ManifestRow]:
+        """The rows, or `ManifestError` when any row was rejected."""
+        if self.rejected:
+            raise ManifestError(self.source, self.problems())
+        return self.rows
+
+
+def read_manifest(
+    location: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    default_endpoint: str | None = None,
+    **storage_options: Any,
+) -> list[ManifestRow]:
+    """Read and check the manifest at a local path or any fsspec URL; any problem refuses it.
 
     Raises:
         ManifestError: listing every problem, or saying the file cannot be read.
     """
+    return load_manifest(
+        location, defaults=defaults, default_endpoint=default_endpoint, **storage_options
+    ).raise_for_problems()
+
+
+def load_manifest(
+    location: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    default_endpoint: str | None = None,
+    store: ObjectStore | None = None,
+    **storage_options: Any,
+) -> Manifest:
+    """Read and check the manifest at a local path or any fsspec URL, setting bad rows aside.
+
+    The format follows the extension: ``.csv`` is CSV, anything else JSONL.
+
+    Args:
+        location: A local path or fsspec URL.
+        defaults: Parameters for rows that leave them out (only where the endpoint has them).
+        default_endpoint: The endpoint of rows that name none.
+        store: A URL on the same filesystem as this store (``s3://``) is read
+            through it, with its credentials.
+        storage_options: Passed to fsspec otherwise.
+
+    Raises:
+        ManifestError: the file cannot be read, has no rows or (CSV) lacks required columns.
+    """
     try:
-        # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
-        with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
-            text = handle.read()
+        if store is not None and urlsplit(location).scheme.lower() == store.protocol:
+            data: bytes = store.fs.cat_file(location)
+            text = data.decode("utf-8-sig")
+        else:
+            # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
+            with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
+                text = handle.read()
     except (OSError, ValueError) as exc:
         raise ManifestError(location, [f"cannot read it: {type(exc).__name__}: {exc}"]) from None
-    base = _local_folder(location)
     fmt = "csv" if location.lower().endswith(".csv") else "jsonl"
-    return parse_manifest(text, fmt=fmt, source=location, base_folder=base)
+    return check_manifest_text(
+        text,
+        fmt=fmt,
+        source=location,
+        base_folder=_local_folder(location),
+        defaults=defaults,
+        default_endpoint=default_endpoint,
+    )
 
 
 def _local_folder(location: str) -> Path | None:
@@ -131,41 +234,77 @@ def parse_manifest(
     Raises:
         ManifestError: listing every problem of every row.
     """
+    return check_manifest_text(
+        text, fmt=fmt, source=source, base_folder=base_folder
+    ).raise_for_problems()
+
+
+def check_manifest_text(
+    text: str,
+    *,
+    fmt: str,
+    source: str = "<text>",
+    base_folder: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    default_endpoint: str | None = None,
+) -> Manifest:
+    """Parse and check manifest ``text``, setting bad rows aside (see `load_manifest`).
+
+    Raises:
+        ManifestError: no rows at all, or (CSV) the header lacks required columns.
+    """
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown manifest format {fmt!r}; use jsonl or csv")
-    raw_rows, problems = _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text)
+    if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
+        raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
+    raw_rows, unreadable = (
+        _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text, default_endpoint is not None)
+    )
+    if not raw_rows and not unreadable:
+        raise ManifestError(source, ["no rows"])
+    if fmt == "csv" and not raw_rows and unreadable and unreadable[0].line == 1:
+        raise ManifestError(source, list(unreadable[0].problems))
     rows: list[ManifestRow] = []
+    rejected = list(unreadable)
     seen: dict[str, int] = {}
     for line, raw in raw_rows:
-        row_problems, row = _check_row(line, raw, base_folder)
-        problems.extend(row_problems)
+        if default_endpoint is not None and raw.get("endpoint") in (None, ""):
+            raw = {**raw, "endpoint": default_endpoint}
+        row_problems, row = _check_row(line, raw, base_folder, defaults or {})
         if row is None:
+            raw_id = raw.get("id")
+            usable_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
+            endpoint = raw.get("endpoint")
+            rejected.append(
+                RejectedRow(
+                    line,
+                    usable_id,
+                    tuple(row_problems),
+                    endpoint if isinstance(endpoint, str) else None,
+                )
+            )
             continue
         key = sanitise_key_part(row.id)
         if key in seen:
-            problems.append(
+            problem = (
                 f"line {line} ({row.id}): id repeats line {seen[key]} "
                 "(ids must be unique, also after sanitising)"
             )
+            rejected.append(RejectedRow(line, row.id, (problem,), row.endpoint))
             continue
         seen[key] = line
         rows.append(row)
-    if not raw_rows and not problems:
-        problems.append("no rows")
-    if problems:
-        raise ManifestError(source, sorted(problems, key=_line_number))
-    return rows
+    rejected.sort(key=lambda row: row.line)
+    return Manifest(source, rows, rejected)
 
 
-def _line_number(problem: str) -> int:
-    """The line a problem names, for sorting (problems without one come first)."""
-    words = problem.split(" ", 2)
-    return int(words[1].rstrip(":")) if len(words) > 1 and words[0] == "line" else 0
+def _known() -> str:
+    return ", ".join([*sorted(ENDPOINTS), REPLACE_BACKGROUND_THEN_MERGE])
 
 
-def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedRow]]:
     rows: list[tuple[int, dict[str, Any]]] = []
-    problems: list[str] = []
+    problems: list[RejectedRow] = []
     # Only "\n" ends a record: str.splitlines() would also split on U+2028 and other
     # separators that JSON allows inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -175,10 +314,11 @@ def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: not valid JSON ({exc.msg})")
+            problem = f"line {number}: not valid JSON ({exc.msg})"
+            problems.append(RejectedRow(number, None, (problem,)))
             continue
         if not isinstance(value, dict):
-            problems.append(f"line {number}: must be a JSON object")
+            problems.append(RejectedRow(number, None, (f"line {number}: must be a JSON object",)))
             continue
         rows.append((number, value))
     return rows, problems
@@ -193,12 +333,16 @@ def _csv_value(text: str) -> Any:
     return value if isinstance(value, int | float | bool) else text
 
 
-def _csv_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+def _csv_rows(
+    text: str, endpoint_optional: bool
+) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedRow]]:
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
-    missing = [name for name in ("id", "endpoint", "prompt") if name not in header]
+    required = ("id", "prompt") if endpoint_optional else ("id", "endpoint", "prompt")
+    missing = [name for name in required if name not in header]
     if missing:
-        return [], [f"line 1: the header lacks column(s) {', '.join(missing)}"]
+        problem = f"line 1: the header lacks column(s) {', '.join(missing)}"
+        return [], [RejectedRow(1, None, (problem,))]
     rows: list[tuple[int, dict[str, Any]]] = []
     for record in reader:
         line = reader.line_num
@@ -227,7 +371,7 @@ def _absolute(image: str, base_folder: Path | None) -> str:
 
 
 def _check_row(
-    line: int, raw: dict[str, Any], base_folder: Path | None
+    line: int, raw: dict[str, Any], base_folder: Path | None, defaults: Mapping[str, Any]
 ) -> tuple[list[str], ManifestRow | None]:
     label = f"line {line}" + (f" ({raw['id']})" if isinstance(raw.get("id"), str) else "")
     problems: list[str] = []
@@ -246,8 +390,7 @@ def _check_row(
             problems.append(f"{label}: id {row_id!r} has no letters or digits to name an output")
     endpoint = raw.get("endpoint")
     if endpoint not in _IMAGE_COUNTS:
-        known = ", ".join([*sorted(ENDPOINTS), REPLACE_BACKGROUND_THEN_MERGE])
-        problems.append(f"{label}: endpoint {endpoint!r} is not one of {known}")
+        problems.append(f"{label}: endpoint {endpoint!r} is not one of {_known()}")
     prompt = raw.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         problems.append(f"{label}: prompt is required")
@@ -265,6 +408,7 @@ def _check_row(
     ):
         return problems, None
 
+    params = _with_defaults(endpoint, params, defaults)
     low, high = _IMAGE_COUNTS[endpoint]
     if not low <= len(images) <= high:
         wanted = str(low) if low == high else f"{low} to {high}"
@@ -289,6 +433,20 @@ def _check_row(
         background_prompt=background_prompt,
         line=line,
     )
+
+
+def _with_defaults(
+    endpoint: str, params: dict[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``params`` with the defaults its endpoint has a field for (the row's own values win)."""
+    slug = "flux-kontext-pro" if endpoint == REPLACE_BACKGROUND_THEN_MERGE else endpoint
+    fields = get_endpoint(slug).request_model.model_fields
+    merged = {
+        name: value
+        for name, value in defaults.items()
+        if value is not None and name in fields and name not in params
+    }
+    return {**merged, **params}
 
 
 def _contract_problems(

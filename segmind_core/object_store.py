@@ -11,6 +11,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -105,3 +106,13 @@ class ObjectStore:
             return None
         url: str = self.fs.url(self.path(key), expires=self.presign_expiry_s)
         return url
+
+    def presigned_url_for(self, url: str) -> str | None:
+        """A presigned HTTPS URL for ``url`` (``s3://bucket/key``) on this store's filesystem.
+
+        ``None`` off S3, or when ``url`` is on another filesystem.
+        """
+        if not self.can_presign or urlsplit(url).scheme.lower() != self.protocol:
+            return None
+        presigned: str = self.fs.url(url, expires=self.presign_expiry_s)
+        return presigned

@@ -1,12 +1,34 @@
-"""A small static HTML page that shows a run's images side by side."""
+"""What people read about a run: an HTML page of its images, and batch summaries in Markdown.
+
+The Markdown goes into Prefect artifacts; it is built here, without Prefect,
+from the batch report.
+"""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
-__all__ = ["ReportImage", "render_report_page"]
+from segmind_core.contract import get_endpoint
+
+if TYPE_CHECKING:
+    from segmind_core.batch import BatchReport
+    from segmind_core.manifest import ManifestRow
+
+__all__ = [
+    "ReportImage",
+    "render_batch_estimate_markdown",
+    "render_batch_results_markdown",
+    "render_report_page",
+]
+
+GALLERY_LIMIT = 48
+PROBLEM_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -61,3 +83,108 @@ p {{ font-size: 0.85rem; color: #555; }}
 </html>
 """
     return page
+
+
+def _md(text: object) -> str:
+    """``text`` safe inside Markdown (tables, links): special characters escaped."""
+    return re.sub(r"([\\`*_\[\]<>|#!])", r"\\\1", str(text).replace("\n", " "))
+
+
+def render_batch_estimate_markdown(
+    rows: Sequence[ManifestRow],
+    calls: Sequence[str],
+    *,
+    rejected: int,
+    max_cost_usd: Decimal | None,
+) -> str:
+    """The cost estimate of a batch, before any call: calls per endpoint at list price.
+
+    Args:
+        rows: The good rows.
+        calls: The slug of every call the rows will make.
+        rejected: How many rows the manifest check set aside.
+        max_cost_usd: The budget, if one was set.
+    """
+    counts = Counter(calls)
+    lines = [
+        "# Cost estimate",
+        "",
+        f"{len(rows)} rows to run ({rejected} rejected by the manifest check), "
+        f"{len(calls)} calls at list price. Rows served from the cache cost nothing, "
+        "so this is an upper bound.",
+        "",
+        "| endpoint | calls | price (USD) | subtotal (USD) |",
+        "|---|---:|---:|---:|",
+    ]
+    total = Decimal(0)
+    for slug, count in sorted(counts.items()):
+        price = get_endpoint(slug).price_usd
+        total += price * count
+        lines.append(f"| {_md(slug)} | {count} | {price:.2f} | {price * count:.2f} |")
+    verdict = ""
+    if max_cost_usd is not None:
+        within = total <= max_cost_usd
+        verdict = f"; budget (max_cost_usd) {max_cost_usd:.2f} USD: " + (
+            "within it." if within else "over it, so the batch is refused."
+        )
+    lines += ["", f"**Estimate: {total:.2f} USD**{verdict}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_batch_results_markdown(
+    report: BatchReport,
+    *,
+    results_url: str,
+    link: Callable[[str], str | None],
+    gallery_limit: int = GALLERY_LIMIT,
+) -> str:
+    """The batch's summary, its failures and a gallery of its outputs.
+
+    Args:
+        report: The finished batch.
+        results_url: Where the results manifest is.
+        link: An HTTPS link for an output URL (presigned), or ``None`` when there
+            is none (local storage: the path is shown instead).
+        gallery_limit: Outputs shown at most.
+    """
+    from segmind_core.batch import RowStatus
+
+    succeeded = [r for r in report.results if r.status is RowStatus.SUCCEEDED and r.output]
+    problems = [r for r in report.results if r.status is not RowStatus.SUCCEEDED]
+    lines = [
+        "# Batch results",
+        "",
+        f"**{len(report.results)} rows**: {report.count(RowStatus.SUCCEEDED)} succeeded, "
+        f"{report.count(RowStatus.FAILED)} failed, {report.count(RowStatus.NOT_RUN)} not run.",
+        "",
+        f"Paid **{report.paid_usd:.2f} USD** (estimate {report.estimate_usd:.2f} USD); "
+        f"the cache saved **{report.saved_usd:.2f} USD** "
+        f"({sum(1 for r in report.results if r.cached)} rows cost nothing).",
+        "",
+        f"Results manifest: `{results_url}`",
+    ]
+    if report.stopped:
+        lines += ["", f"New calls were stopped: {_md(report.stopped)}."]
+    if problems:
+        lines += ["", "## Rows that did not succeed", "", "| line | id | status | reason |"]
+        lines.append("|---:|---|---|---|")
+        for result in problems[:PROBLEM_LIMIT]:
+            lines.append(
+                f"| {result.line} | {_md(result.id or '')} | {result.status.value} "
+                f"| {_md(result.error or '')} |"
+            )
+        if len(problems) > PROBLEM_LIMIT:
+            lines.append(f"\n... and {len(problems) - PROBLEM_LIMIT} more in the results manifest.")
+    if succeeded:
+        shown = succeeded[:gallery_limit]
+        lines += ["", f"## Outputs ({len(shown)} of {len(succeeded)})", ""]
+        for result in shown:
+            assert result.output is not None  # noqa: S101 - filtered above
+            href = link(result.output)
+            cost = "cached" if result.cached else f"{result.cost_usd:.2f} USD"
+            caption = f"**{_md(result.id)}** ({_md(result.endpoint)}, seed {result.seed}, {cost})"
+            if href is None:
+                lines.append(f"- {caption}: `{result.output}`")
+            else:
+                lines.append(f"- {caption}\n\n  ![{_md(result.id)}]({href})")
+    return "\n".join(lines) + "\n"

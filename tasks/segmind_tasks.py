@@ -29,7 +29,7 @@ attempts: 18 with the defaults. Only a complete 200 is billed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import Task, get_run_logger, task
@@ -56,6 +56,7 @@ __all__ = [
     "edit_images_with_p_image_edit",
     "merge_images_with_kontext_max",
     "merge_images_with_kontext_pro",
+    "output_day",
     "retry_transient_errors",
     "run_segmind_endpoint",
 ]
@@ -98,15 +99,13 @@ def _generate(
     logger = get_run_logger()
     credentials = credentials if credentials is not None else SegmindCredentials()
     storage = storage if storage is not None else ObjectStorage()
-    started = flow_run.get_scheduled_start_time() if flow_run.get_id() else None
-    day = (started or datetime.now(UTC)).astimezone(UTC).date()
     with credentials.get_client(logger=logger) as client:
         stored = generate_and_store(
             client,
             spec,
             OutputStore(storage.get_store()),
             flow_name=str(flow_run.get_flow_name() or "adhoc"),
-            day=day,
+            day=output_day(),
             job_id=job_id,
             run_ids={"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()},
             refresh=_refreshing(),
@@ -128,6 +127,15 @@ def _generate(
             stored.url,
         )
     return stored
+
+
+def output_day() -> date:
+    """The date in output keys: the flow run's scheduled start (UTC), else today.
+
+    A nightly run that starts late, or retries past midnight, keeps one folder.
+    """
+    started = flow_run.get_scheduled_start_time() if flow_run.get_id() else None
+    return (started or datetime.now(UTC)).astimezone(UTC).date()
 
 
 def _refreshing() -> bool:

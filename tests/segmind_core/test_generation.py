@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
@@ -302,7 +303,7 @@ def test_an_unpinned_seed_draws_a_new_one_and_keeps_what_was_paid_for(
     assert billed(keyed_emulator) == 2
 
 
-def test_a_job_id_names_the_output_and_another_request_under_it_is_generated(
+def test_a_job_id_names_the_output_and_another_request_under_it_keeps_the_first(
     backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
 ) -> None:
     first = generate(client, edit_spec(seed=1), backend.outputs, job_id="Order #12")
@@ -312,8 +313,12 @@ def test_a_job_id_names_the_output_and_another_request_under_it_is_generated(
     assert first.key == f"{FLOW}/2026-03-14/order-12.png"
     assert same.reused
     assert not changed.reused
-    assert changed.key == first.key
+    # The image paid for first is kept; the new one is named by the job id and a time.
+    assert re.fullmatch(rf"{FLOW}/2026-03-14/order-12-\d{{8}}t\d{{12}}z\.png", changed.key)
     assert changed.sha256 != first.sha256
+    objects = backend.objects()
+    assert sha256(objects[first.key]) == first.sha256
+    assert sha256(objects[changed.key]) == changed.sha256
     assert billed(keyed_emulator) == 2
     _, sidecar = sidecar_of(backend, changed)
     assert sidecar["request_digest"] == changed.request_digest

@@ -1,0 +1,121 @@
+"""The batch flow's Prefect artifacts: estimate, progress, results table and gallery.
+
+The Markdown is rendered by `segmind_core.report`; this module only hands it,
+and the table and the progress, to Prefect. Keys are fixed, so each run adds
+a new version of the same artifact and the UI shows their history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from segmind_core.batch import BatchReport, RowStatus, calls_for
+from segmind_core.manifest import ManifestRow
+from segmind_core.object_store import ObjectStore
+from segmind_core.report import render_batch_estimate_markdown, render_batch_results_markdown
+
+__all__ = [
+    "ESTIMATE_KEY",
+    "GALLERY_KEY",
+    "PROGRESS_KEY",
+    "RESULTS_KEY",
+    "TABLE_LIMIT",
+    "BatchProgress",
+    "publish_estimate",
+    "publish_results",
+]
+
+ESTIMATE_KEY = "segmind-batch-estimate"
+PROGRESS_KEY = "segmind-batch-progress"
+RESULTS_KEY = "segmind-batch-results"
+GALLERY_KEY = "segmind-batch-gallery"
+TABLE_LIMIT = 1000
+
+
+class BatchProgress:
+    """A progress artifact that follows finished rows.
+
+    It is updated when the whole percentage moves (at most about 100 updates,
+    however many rows), and reaches 100 when every row has ended.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._shown = 0
+        # Called from sync code, so a UUID, not a coroutine (the stubs allow both).
+        self._id = cast(
+            UUID,
+            create_progress_artifact(
+                progress=0.0,
+                key=PROGRESS_KEY,
+                description=f"Rows finished (succeeded, failed or not run) of {total}.",
+            ),
+        )
+
+    def advance(self) -> None:
+        """One more row has ended."""
+        self.done += 1
+        percent = 100 * self.done // max(self.total, 1)
+        if percent > self._shown:
+            self._shown = percent
+            update_progress_artifact(self._id, progress=float(percent))
+
+
+def publish_estimate(
+    rows: Sequence[ManifestRow], *, rejected: int, max_cost_usd: Decimal | None
+) -> None:
+    """The estimate of what the rows cost at list price, before any call."""
+    calls = [slug for row in rows for slug in calls_for(row)]
+    create_markdown_artifact(
+        render_batch_estimate_markdown(
+            rows, calls, rejected=rejected, max_cost_usd=max_cost_usd
+        ),
+        key=ESTIMATE_KEY,
+        description="What the batch costs at list price, computed before any call.",
+    )
+
+
+def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore) -> None:
+    """The results table and the gallery (thumbnails through presigned URLs on S3)."""
+    ordered = sorted(report.results, key=lambda result: result.status is RowStatus.SUCCEEDED)
+    table: list[dict[str, Any]] = [
+        {
+            "id": result.id,
+            "line": result.line,
+            "endpoint": result.endpoint,
+            "status": result.status.value,
+            "output": result.output,
+            "error": result.error,
+            "cost_usd": float(result.cost_usd),
+            "cached": result.cached,
+        }
+        for result in ordered[:TABLE_LIMIT]
+    ]
+    shown = (
+        ""
+        if len(report.results) <= TABLE_LIMIT
+        else f" The first {TABLE_LIMIT} of {len(report.results)} rows, failures first."
+    )
+    create_table_artifact(
+        table,
+        key=RESULTS_KEY,
+        description=f"{report.summary()}.{shown} All rows: {results_url}",
+    )
+    create_markdown_artifact(
+        render_batch_results_markdown(
+            report, results_url=results_url, link=store.presigned_url_for
+        ),
+        key=GALLERY_KEY,
+        description="Summary, failures and outputs of the batch.",
+    )
