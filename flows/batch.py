@@ -24,7 +24,6 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from decimal import Decimal
 from enum import StrEnum
@@ -34,7 +33,6 @@ from uuid import UUID
 from prefect import flow, get_client, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.events.worker import EventsWorker
-from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -42,9 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import paid_in_this_run, record_storage, run_file_key
+from flows.common import MAX_CONCURRENCY, SEED_MAX, endpoint_caller, run_file_key
 from segmind_core.batch import (
-    BatchCall,
     BatchReport,
     RowResult,
     RowStatus,
@@ -53,16 +50,10 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
-from segmind_core.generation import EditResult
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, load_manifest
-from tasks.batch_artifacts import BatchProgress, publish_estimate, publish_results
-from tasks.segmind_tasks import run_segmind_endpoint
+from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 
 __all__ = ["MAX_CONCURRENCY", "BatchEndpoint", "BatchOutcome", "RowDefaults", "batch", "main"]
-
-MAX_CONCURRENCY = 64
-"""The most calls a run may have in flight (the task runner's thread count)."""
-SEED_MAX = 999_999_999_999_999
 
 
 class BatchEndpoint(StrEnum):
@@ -153,17 +144,6 @@ class BatchOutcome(BaseModel):
     stopped: str | None = None
 
 
-def _settle(target: Future[EditResult], submitted: PrefectFuture[EditResult]) -> None:
-    """Hand a finished task run's result (or its exception) to the batch's future."""
-    try:
-        # wait() takes the final state from the finished run itself; without it,
-        # ``state`` asks the server, which may not have recorded the end yet.
-        submitted.wait()
-        target.set_result(paid_in_this_run(submitted.state))
-    except Exception as exc:  # the row's failure, reported in the results manifest
-        target.set_exception(exc)
-
-
 @flow(
     name="batch",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
@@ -220,24 +200,7 @@ def batch(
         )
 
     progress = BatchProgress(total)
-    endpoint_task = run_segmind_endpoint.with_options(
-        result_storage=record_storage(storage),
-        refresh_cache=refresh_cache,
-        task_run_name="{slug}: {job_id}",
-    )
-
-    def call(planned: BatchCall) -> Future[EditResult]:
-        future: Future[EditResult] = Future()
-        submitted = endpoint_task.submit(
-            slug=planned.slug,
-            params=planned.params,
-            images=planned.images,
-            credentials=credentials,
-            storage=storage,
-            job_id=planned.job_id,
-        )
-        submitted.add_done_callback(lambda done: _settle(future, done))
-        return future
+    call = endpoint_caller(storage, credentials, refresh_cache=refresh_cache)
 
     def on_result(result: RowResult) -> None:
         progress.advance()

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
+
 from prefect.client.schemas.objects import State
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import NotSet
 
 from blocks.object_storage import ObjectStorage
+from blocks.segmind_credentials import SegmindCredentials
+from segmind_core.batch import BatchCall
 from segmind_core.generation import EditResult
 from segmind_core.outputs import sanitise_key_part
-from tasks.segmind_tasks import output_day
+from tasks.segmind_tasks import output_day, run_segmind_endpoint
 
-__all__ = ["paid_in_this_run", "record_storage", "run_file_key"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "SEED_MAX",
+    "endpoint_caller",
+    "paid_in_this_run",
+    "record_storage",
+    "run_file_key",
+]
+
+MAX_CONCURRENCY = 64
+"""The most calls a run may have in flight (the flows' task runners have this many threads)."""
+SEED_MAX = 999_999_999_999_999
+"""The largest seed the flows' forms accept (p-image-edit's bound, the tightest)."""
 
 
 def run_file_key(suffix: str) -> str:
@@ -41,3 +59,44 @@ def paid_in_this_run(state: State[EditResult]) -> EditResult:
     if state.name == "Cached":
         return result.model_copy(update={"reused": True})
     return result
+
+
+def endpoint_caller(
+    storage: ObjectStorage, credentials: SegmindCredentials | None, *, refresh_cache: bool
+) -> Callable[[BatchCall], Future[EditResult]]:
+    """A ``call`` for `segmind_core.batch.run_batch`: each call is a submitted task run.
+
+    The future's result is the call's `EditResult` (``reused`` when it cost
+    this run nothing); its exception is the task run's.
+    """
+    endpoint_task = run_segmind_endpoint.with_options(
+        result_storage=record_storage(storage),
+        refresh_cache=refresh_cache,
+        task_run_name="{slug}: {job_id}",
+    )
+
+    def call(planned: BatchCall) -> Future[EditResult]:
+        future: Future[EditResult] = Future()
+        submitted = endpoint_task.submit(
+            slug=planned.slug,
+            params=planned.params,
+            images=planned.images,
+            credentials=credentials,
+            storage=storage,
+            job_id=planned.job_id,
+        )
+        submitted.add_done_callback(lambda done: _settle(future, done))
+        return future
+
+    return call
+
+
+def _settle(target: Future[EditResult], submitted: PrefectFuture[EditResult]) -> None:
+    """Hand a finished task run's result (or its exception) on."""
+    try:
+        # wait() takes the final state from the finished run itself; without it,
+        # ``state`` asks the server, which may not have recorded the end yet.
+        submitted.wait()
+        target.set_result(paid_in_this_run(submitted.state))
+    except Exception as exc:  # the call's failure, reported by the caller
+        target.set_exception(exc)

@@ -53,6 +53,8 @@ __all__ = [
     "ManifestError",
     "ManifestRow",
     "RejectedRow",
+    "check_manifest_text",
+    "check_rows",
     "load_manifest",
     "parse_manifest",
     "read_manifest",
@@ -264,13 +266,37 @@ def check_manifest_text(
         raise ManifestError(source, ["no rows"])
     if fmt == "csv" and not raw_rows and unreadable and unreadable[0].line == 1:
         raise ManifestError(source, list(unreadable[0].problems))
+    checked = _check_rows(raw_rows, base_folder, defaults or {}, default_endpoint)
+    rejected = sorted([*unreadable, *checked.rejected], key=lambda row: row.line)
+    return Manifest(source, checked.rows, rejected)
+
+
+def check_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    source: str = "<rows>",
+    defaults: Mapping[str, Any] | None = None,
+    default_endpoint: str | None = None,
+) -> Manifest:
+    """Check rows given as mappings (the JSONL shape); row N is "line N"."""
+    numbered = [(number, dict(row)) for number, row in enumerate(rows, start=1)]
+    checked = _check_rows(numbered, None, defaults or {}, default_endpoint)
+    return Manifest(source, checked.rows, checked.rejected)
+
+
+def _check_rows(
+    raw_rows: Sequence[tuple[int, dict[str, Any]]],
+    base_folder: Path | None,
+    defaults: Mapping[str, Any],
+    default_endpoint: str | None,
+) -> Manifest:
     rows: list[ManifestRow] = []
-    rejected = list(unreadable)
+    rejected: list[RejectedRow] = []
     seen: dict[str, int] = {}
     for line, raw in raw_rows:
         if default_endpoint is not None and raw.get("endpoint") in (None, ""):
             raw = {**raw, "endpoint": default_endpoint}
-        row_problems, row = _check_row(line, raw, base_folder, defaults or {})
+        row_problems, row = _check_row(line, raw, base_folder, defaults)
         if row is None:
             raw_id = raw.get("id")
             usable_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
@@ -294,8 +320,7 @@ def check_manifest_text(
             continue
         seen[key] = line
         rows.append(row)
-    rejected.sort(key=lambda row: row.line)
-    return Manifest(source, rows, rejected)
+    return Manifest("", rows, rejected)
 
 
 def _known() -> str:

@@ -18,12 +18,14 @@ from segmind_core.contract import get_endpoint
 
 if TYPE_CHECKING:
     from segmind_core.batch import BatchReport
+    from segmind_core.generation import EditResult
     from segmind_core.manifest import ManifestRow
 
 __all__ = [
     "ReportImage",
     "render_batch_estimate_markdown",
     "render_batch_results_markdown",
+    "render_outputs_markdown",
     "render_report_page",
 ]
 
@@ -187,4 +189,26 @@ def render_batch_results_markdown(
                 lines.append(f"- {caption}: `{result.output}`")
             else:
                 lines.append(f"- {caption}\n\n  ![{_md(result.id)}]({href})")
+    return "\n".join(lines) + "\n"
+
+
+def render_outputs_markdown(
+    title: str,
+    outputs: Sequence[tuple[str, EditResult]],
+    *,
+    link: Callable[[str], str | None],
+) -> str:
+    """Labelled outputs with size, seed and cost: images through ``link``, else paths."""
+    lines = [f"# {_md(title)}", ""]
+    paid = sum((result.cost_usd for _, result in outputs if not result.reused), Decimal(0))
+    for label, result in outputs:
+        cost = "from cache, 0.00 USD" if result.reused else f"{result.cost_usd:.2f} USD"
+        lines.append(
+            f"- **{_md(label)}**: {_md(result.slug)}, {result.width}x{result.height} "
+            f"{result.format.value}, seed {result.seed}, {cost}: `{result.url}`"
+        )
+        href = link(result.url)
+        if href is not None:
+            lines.append(f"\n  ![{_md(label)}]({href})")
+    lines += ["", f"Paid in this run: **{paid:.2f} USD**."]
     return "\n".join(lines) + "\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""The batch flow's Prefect artifacts: estimate, progress, results table and gallery.
+"""The flows' Prefect artifacts: the batch's estimate, progress, table and gallery; outputs.
 
 The Markdown is rendered by `segmind_core.report`; this module only hands it,
 and the table and the progress, to Prefect. Keys are fixed, so each run adds
@@ -20,18 +20,25 @@ from prefect.artifacts import (
 )
 
 from segmind_core.batch import BatchReport, RowStatus, calls_for
+from segmind_core.generation import EditResult
 from segmind_core.manifest import ManifestRow
 from segmind_core.object_store import ObjectStore
-from segmind_core.report import render_batch_estimate_markdown, render_batch_results_markdown
+from segmind_core.report import (
+    render_batch_estimate_markdown,
+    render_batch_results_markdown,
+    render_outputs_markdown,
+)
 
 __all__ = [
     "ESTIMATE_KEY",
     "GALLERY_KEY",
+    "OUTPUTS_KEY",
     "PROGRESS_KEY",
     "RESULTS_KEY",
     "TABLE_LIMIT",
     "BatchProgress",
     "publish_estimate",
+    "publish_outputs",
     "publish_results",
 ]
 
@@ -39,6 +46,7 @@ ESTIMATE_KEY = "segmind-batch-estimate"
 PROGRESS_KEY = "segmind-batch-progress"
 RESULTS_KEY = "segmind-batch-results"
 GALLERY_KEY = "segmind-batch-gallery"
+OUTPUTS_KEY = "segmind-outputs"
 TABLE_LIMIT = 1000
 
 
@@ -78,9 +86,7 @@ def publish_estimate(
     """The estimate of what the rows cost at list price, before any call."""
     calls = [slug for row in rows for slug in calls_for(row)]
     create_markdown_artifact(
-        render_batch_estimate_markdown(
-            rows, calls, rejected=rejected, max_cost_usd=max_cost_usd
-        ),
+        render_batch_estimate_markdown(rows, calls, rejected=rejected, max_cost_usd=max_cost_usd),
         key=ESTIMATE_KEY,
         description="What the batch costs at list price, computed before any call.",
     )
@@ -118,4 +124,15 @@ def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore
         ),
         key=GALLERY_KEY,
         description="Summary, failures and outputs of the batch.",
+    )
+
+
+def publish_outputs(
+    title: str, outputs: Sequence[tuple[str, EditResult]], *, store: ObjectStore
+) -> None:
+    """A Markdown artifact showing each labelled output, its seed and what it cost."""
+    create_markdown_artifact(
+        render_outputs_markdown(title, outputs, link=store.presigned_url_for),
+        key=OUTPUTS_KEY,
+        description=title,
     )

@@ -1,0 +1,78 @@
+"""Edit one image (or make one from text) with FLUX.1 Kontext Pro or Max."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from blocks.object_storage import ObjectStorage
+from blocks.segmind_credentials import SegmindCredentials
+from flows.common import SEED_MAX, paid_in_this_run, record_storage
+from segmind_core.contract import FluxAspectRatio, OutputFormat
+from segmind_core.generation import EditResult
+from tasks.artifacts import publish_outputs
+from tasks.segmind_tasks import edit_image_with_kontext_max, edit_image_with_kontext_pro
+
+__all__ = ["KontextModel", "edit_image"]
+
+
+class KontextModel(StrEnum):
+    """Which FLUX.1 Kontext model: pro ($0.05 per image) or max ($0.10, stronger)."""
+
+    PRO = "pro"
+    MAX = "max"
+
+
+@flow(name="edit-image")
+def edit_image(
+    prompt: str,
+    image: str | None = None,
+    model: KontextModel = KontextModel.PRO,
+    aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE,
+    output_format: OutputFormat = OutputFormat.PNG,
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] = 2,
+    seed: Annotated[int | None, Field(ge=0, le=SEED_MAX)] = None,
+    output_name: str | None = None,
+    storage: ObjectStorage | None = None,
+    credentials: SegmindCredentials | None = None,
+    refresh_cache: bool = False,
+) -> EditResult:
+    """Edit one image as the prompt says, or make one from the prompt alone.
+
+    Args:
+        prompt: The edit, e.g. "put the cup on a marble counter in morning light".
+        image: The image to edit: URL, s3:// URL or local path; empty makes one from text.
+        model: pro ($0.05 per image) or max ($0.10).
+        aspect_ratio: Output ratio; match_input_image follows the input.
+        output_format: png or jpg.
+        safety_tolerance: 0 (strict) to 6; at most 2 applies when an image is given.
+        seed: Fixes the result and makes reruns free (cached); drawn and recorded when empty.
+        output_name: Name of the output file; the request's digest when empty.
+        storage: Where the image, its sidecar and cache records go; empty means ./outputs.
+        credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.
+        refresh_cache: Generate again even when a cached result exists (pays again).
+
+    Returns:
+        The stored image: where it is, its seed, and what it cost this run.
+    """
+    storage = storage if storage is not None else ObjectStorage()
+    task = edit_image_with_kontext_pro if model is KontextModel.PRO else edit_image_with_kontext_max
+    state = task.with_options(result_storage=record_storage(storage), refresh_cache=refresh_cache)(
+        prompt=prompt,
+        image=image,
+        aspect_ratio=aspect_ratio,
+        output_format=output_format,
+        safety_tolerance=safety_tolerance,
+        seed=seed,
+        credentials=credentials,
+        storage=storage,
+        job_id=output_name,
+        return_state=True,
+    )
+    result = paid_in_this_run(state)
+    publish_outputs("Edited image", [(prompt, result)], store=storage.get_store())
+    get_run_logger().info("Output: %s", result.url)
+    return result
