@@ -282,13 +282,20 @@ def run_batch(
     in_flight: dict[Future[EditResult], tuple[_RowRun, BatchCall]] = {}
 
     def start(run: _RowRun, next_: BatchCall) -> None:
-        in_flight[call(next_)] = (run, next_)
+        try:
+            future = call(next_)
+        except Exception as exc:  # could not even start: the row fails, the batch goes on
+            finish(_ended(run, RowStatus.FAILED, error=describe_error(exc)))
+            return
+        in_flight[future] = (run, next_)
         report.calls += 1
 
     while (queue and report.stopped is None) or in_flight:
         while queue and report.stopped is None and len(in_flight) < max_concurrency:
             row = queue.popleft()
             start(_RowRun(row), first_call(row))
+        if not in_flight:
+            continue
         done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
         for future in done:
             run, made = in_flight.pop(future)

@@ -208,7 +208,7 @@ def load_manifest(
             # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
             with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
                 text = handle.read()
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, botocore's NoCredentialsError...
         raise ManifestError(location, [f"cannot read it: {type(exc).__name__}: {exc}"]) from None
     fmt = "csv" if location.lower().endswith(".csv") else "jsonl"
     return check_manifest_text(
@@ -257,8 +257,7 @@ def check_manifest_text(
     """
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown manifest format {fmt!r}; use jsonl or csv")
-    if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
-        raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
+    _check_default_endpoint(default_endpoint)
     raw_rows, unreadable = (
         _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text, default_endpoint is not None)
     )
@@ -279,6 +278,7 @@ def check_rows(
     default_endpoint: str | None = None,
 ) -> Manifest:
     """Check rows given as mappings (the JSONL shape); row N is "line N"."""
+    _check_default_endpoint(default_endpoint)
     numbered = [(number, dict(row)) for number, row in enumerate(rows, start=1)]
     checked = _check_rows(numbered, None, defaults or {}, default_endpoint)
     return Manifest(source, checked.rows, checked.rejected)
@@ -321,6 +321,11 @@ def _check_rows(
         seen[key] = line
         rows.append(row)
     return Manifest("", rows, rejected)
+
+
+def _check_default_endpoint(default_endpoint: str | None) -> None:
+    if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
+        raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
 
 
 def _known() -> str:

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
 from segmind_core.errors import PermanentError
 from segmind_core.manifest import (
     REPLACE_BACKGROUND_THEN_MERGE,
+    Manifest,
     ManifestError,
     ManifestRow,
+    RejectedRow,
+    check_manifest_text,
+    check_rows,
+    load_manifest,
     parse_manifest,
     read_manifest,
 )
+from segmind_core.object_store import ObjectStore
 from tests.conftest import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -830,3 +839,612 @@ def test_csv_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     rows = read_manifest(str(manifest))
 
     assert [row.id for row in rows] == ["sku-1"]
+
+
+# --- the tolerant API: good rows kept, bad rows set aside --------------------------------
+
+
+def test_load_manifest_keeps_the_good_rows_and_sets_the_bad_ones_aside(tmp_path: Path) -> None:
+    manifest_path = tmp_path / "m.jsonl"
+    manifest_path.write_text(
+        jsonl(
+            row(id="a", images=["pics/a.png"]),  # 1
+            "{broken",  # 2
+            row(id="b", params={"aspect_ratio": "7:3"}),  # 3
+            "",  # 4
+            row(id="c", endpoint="p-image-edit", images=IMAGES[:1]),  # 5
+            row(id="A"),  # 6: the same id as line 1 after sanitising
+            row(id="d", endpoint=12),  # 7
+        ),
+        encoding="utf-8",
+    )
+
+    manifest = load_manifest(str(manifest_path))
+
+    assert isinstance(manifest, Manifest)
+    assert manifest.source == str(manifest_path)
+    assert [(r.id, r.line) for r in manifest.rows] == [("a", 1), ("c", 5)]
+    assert all(isinstance(r, ManifestRow) for r in manifest.rows)
+    assert manifest.rows[0].images == [str(tmp_path.resolve() / "pics" / "a.png")]
+    assert all(isinstance(r, RejectedRow) for r in manifest.rejected)
+    assert [(r.line, r.id, r.endpoint) for r in manifest.rejected] == [
+        (2, None, None),
+        (3, "b", "flux-kontext-pro"),
+        (6, "A", "flux-kontext-pro"),
+        (7, "d", None),  # an endpoint that is not text is not kept
+    ]
+    assert len(manifest.rejected[0].problems) == 1
+    assert manifest.rejected[0].problems[0].startswith("line 2: not valid JSON")
+    assert manifest.rejected[1].problems[0].startswith("line 3 (b): aspect_ratio: ")
+    assert manifest.rejected[2].problems == (
+        "line 6 (A): id repeats line 1 (ids must be unique, also after sanitising)",
+    )
+    assert manifest.rejected[3].problems[0].startswith("line 7 (d): endpoint 12 is not one of")
+    assert manifest.problems() == [p for r in manifest.rejected for p in r.problems]
+    assert [line_of(p) for p in manifest.problems()] == [2, 3, 6, 7]
+
+
+def test_raise_for_problems_refuses_what_load_manifest_set_aside(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(jsonl(row(id="a"), row(id="b", prompt=""), "[1]"), encoding="utf-8")
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl(row(id="a"), row(id="b")), encoding="utf-8")
+
+    manifest = load_manifest(str(bad))
+    with pytest.raises(ManifestError) as caught:
+        manifest.raise_for_problems()
+    clean = load_manifest(str(good))
+
+    assert [r.id for r in manifest.rows] == ["a"]
+    assert caught.value.problems == manifest.problems()
+    assert caught.value.problems == [
+        "line 2 (b): prompt is required",
+        "line 3: must be a JSON object",
+    ]
+    assert caught.value.source == str(bad)
+    assert clean.rejected == []
+    assert clean.problems() == []
+    assert clean.raise_for_problems() == clean.rows
+    assert [r.id for r in clean.rows] == ["a", "b"]
+    assert read_manifest(str(good)) == clean.rows
+
+
+def test_a_rejected_row_keeps_every_problem_and_its_reason_joins_them() -> None:
+    manifest = check_rows(
+        [row(id="x", endpoint="p-image-edit", params={"aspect_ratio": "4:5", "seed": "7"})]
+    )
+
+    assert manifest.rows == []
+    (rejected,) = manifest.rejected
+    assert rejected.line == 1
+    assert rejected.id == "x"
+    assert rejected.endpoint == "p-image-edit"
+    assert len(rejected.problems) == 3
+    assert all(p.startswith("line 1 (x): ") for p in rejected.problems)
+    joined = "\n".join(rejected.problems)
+    assert "p-image-edit takes 1 to 5 image(s), got 0" in joined
+    assert "aspect_ratio: " in joined
+    assert "seed: " in joined
+    assert rejected.reason == "; ".join(rejected.problems)
+
+
+@pytest.mark.parametrize(("raw_id", "kept"), [("sku 1", "sku 1"), ("   ", None), (12, None)])
+def test_a_rejected_row_keeps_its_id_only_when_it_is_usable(raw_id: Any, kept: str | None) -> None:
+    manifest = check_rows([row(id=raw_id, endpoint="nope")])
+
+    (rejected,) = manifest.rejected
+    assert rejected.id == kept
+    assert rejected.endpoint == "nope"
+
+
+def test_a_manifest_of_only_bad_rows_is_not_a_whole_file_problem(tmp_path: Path) -> None:
+    jsonl_path = tmp_path / "bad.jsonl"
+    jsonl_path.write_text(jsonl("{broken", row(id="a", prompt="")), encoding="utf-8")
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("id,endpoint,prompt\na,nope,x\nb,flux-kontext-pro,\n", encoding="utf-8")
+
+    from_jsonl = load_manifest(str(jsonl_path))
+    from_csv = load_manifest(str(csv_path))
+
+    assert from_jsonl.rows == []
+    assert [r.line for r in from_jsonl.rejected] == [1, 2]
+    assert from_csv.rows == []
+    assert [(r.line, r.id) for r in from_csv.rejected] == [(2, "a"), (3, "b")]
+
+
+# --- whole-file problems still raise ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("empty.jsonl", "", ["no rows"]),
+        ("blank.jsonl", "\n  \n\n", ["no rows"]),
+        ("header-only.csv", "id,endpoint,prompt,images\n", ["no rows"]),
+        ("empty.csv", "", ["line 1: the header lacks column(s) id, endpoint, prompt"]),
+        (
+            "no-id.csv",
+            "endpoint,prompt\nflux-kontext-pro,x\n",
+            ["line 1: the header lacks column(s) id"],
+        ),
+        (
+            "no-prompt.csv",
+            "id,endpoint\na,flux-kontext-pro\n",
+            ["line 1: the header lacks column(s) prompt"],
+        ),
+        ("no-endpoint.csv", "id,prompt\na,x\n", ["line 1: the header lacks column(s) endpoint"]),
+    ],
+)
+def test_load_manifest_raises_for_whole_file_problems(
+    tmp_path: Path, name: str, text: str, expected: list[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(str(path))
+
+    assert caught.value.problems == expected
+    assert caught.value.source == str(path)
+
+
+def test_load_manifest_raises_when_the_file_cannot_be_read(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.jsonl")
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"id": "caf\xe9"}\n')
+
+    with pytest.raises(ManifestError) as missing_error:
+        load_manifest(missing)
+    with pytest.raises(ManifestError) as decode_error:
+        load_manifest(str(not_utf8))
+
+    (problem,) = missing_error.value.problems
+    assert problem.startswith("cannot read it: FileNotFoundError: ")
+    assert missing_error.value.source == missing
+    (problem,) = decode_error.value.problems
+    assert problem.startswith("cannot read it: UnicodeDecodeError")
+
+
+def test_a_default_endpoint_does_not_excuse_a_header_without_id_or_prompt() -> None:
+    with pytest.raises(ManifestError) as no_id:
+        check_manifest_text(
+            "prompt,images\nx,https://a/1.png\n", fmt="csv", default_endpoint="flux-kontext-pro"
+        )
+    with pytest.raises(ManifestError) as no_prompt:
+        check_manifest_text("id,seed\na,1\n", fmt="csv", default_endpoint="flux-kontext-pro")
+
+    assert no_id.value.problems == ["line 1: the header lacks column(s) id"]
+    assert no_prompt.value.problems == ["line 1: the header lacks column(s) prompt"]
+
+
+# --- check_manifest_text and check_rows ------------------------------------------------------
+
+
+def test_check_manifest_text_sets_bad_jsonl_rows_aside(tmp_path: Path) -> None:
+    text = jsonl(row(id="a", images=["pics/a.png"]), row(id="b", params=[1]), row(id="c"))
+
+    manifest = check_manifest_text(text, fmt="jsonl", base_folder=tmp_path)
+    named = check_manifest_text(text, fmt="jsonl", source="upload.jsonl")
+
+    assert manifest.source == "<text>"
+    assert named.source == "upload.jsonl"
+    assert [(r.id, r.line) for r in manifest.rows] == [("a", 1), ("c", 3)]
+    assert manifest.rows[0].images == [str(tmp_path / "pics" / "a.png")]
+    assert named.rows[0].images == ["pics/a.png"]
+    assert [(r.line, r.id) for r in manifest.rejected] == [(2, "b")]
+    assert manifest.rejected[0].problems == ("line 2 (b): params must be an object",)
+
+
+def test_check_manifest_text_sets_bad_csv_rows_aside() -> None:
+    text = (
+        CSV_HEADER
+        + "a,flux-kontext-pro,ok,,,1,\n"  # 2
+        + "b,flux-kontext-pro,x,,,,7:3\n"  # 3
+        + "c,p-image-edit,x,https://a/1.png|https://a/2.png,,,16:9\n"  # 4
+        + "d,multi-image-kontext-pro,x,https://a/1.png,,,\n"  # 5
+    )
+
+    manifest = check_manifest_text(text, fmt="csv")
+
+    assert [(r.id, r.line) for r in manifest.rows] == [("a", 2), ("c", 4)]
+    assert manifest.rows[1].params == {"aspect_ratio": "16:9"}
+    assert [(r.line, r.id, r.endpoint) for r in manifest.rejected] == [
+        (3, "b", "flux-kontext-pro"),
+        (5, "d", "multi-image-kontext-pro"),
+    ]
+    assert manifest.rejected[1].problems == (
+        "line 5 (d): multi-image-kontext-pro takes 2 image(s), got 1",
+    )
+
+
+def test_check_manifest_text_refuses_an_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown manifest format 'xml'") as caught:
+        check_manifest_text("<rows/>", fmt="xml")
+    assert not isinstance(caught.value, ManifestError)
+
+
+def test_check_rows_numbers_rows_from_one_and_keeps_images_as_given() -> None:
+    raw = [
+        row(id="a", images=["pics/a.png"], params={"seed": 4}),
+        row(id="b", prompt=""),
+        row(id="A"),
+        row(id="c", endpoint="p-image-edit", images=IMAGES[:2]),
+    ]
+
+    manifest = check_rows(raw)
+    named = check_rows(raw, source="api request")
+
+    assert manifest.source == "<rows>"
+    assert named.source == "api request"
+    assert [(r.id, r.line) for r in manifest.rows] == [("a", 1), ("c", 4)]
+    assert manifest.rows[0].images == ["pics/a.png"]
+    assert manifest.rows[0].params == {"seed": 4}
+    assert manifest.rows[1].images == IMAGES[:2]
+    assert manifest.problems() == [
+        "line 2 (b): prompt is required",
+        "line 3 (A): id repeats line 1 (ids must be unique, also after sanitising)",
+    ]
+
+
+def test_check_rows_matches_what_the_same_jsonl_gives() -> None:
+    raw = [
+        row(id="a"),
+        row(id="b", params={"aspect_ratio": "7:3"}),
+        row(
+            id="m",
+            endpoint=REPLACE_BACKGROUND_THEN_MERGE,
+            images=IMAGES[:2],
+            background_prompt="a beach",
+            params={"seed": 2},
+        ),
+    ]
+
+    from_rows = check_rows(raw)
+    from_text = check_manifest_text(jsonl(*raw), fmt="jsonl")
+
+    assert from_rows.rows == from_text.rows
+    assert from_rows.rejected == from_text.rejected
+
+
+# --- defaults ----------------------------------------------------------------------------------
+
+
+def test_a_default_applies_only_where_the_endpoint_has_the_field() -> None:
+    manifest = check_rows(
+        [
+            row(id="flux", images=IMAGES[:1]),
+            row(id="pedit", endpoint="p-image-edit", images=IMAGES[:1]),
+            row(id="multi", endpoint="multi-image-kontext-max", images=IMAGES[:2]),
+            row(
+                id="merge",
+                endpoint=REPLACE_BACKGROUND_THEN_MERGE,
+                images=IMAGES[:2],
+                background_prompt="a beach",
+            ),
+        ],
+        defaults={"output_format": "jpg", "disable_safety_checker": True, "seed": 9},
+    )
+
+    assert manifest.rejected == []
+    assert {r.id: r.params for r in manifest.rows} == {
+        "flux": {"output_format": "jpg", "seed": 9},
+        "pedit": {"disable_safety_checker": True, "seed": 9},
+        "multi": {"output_format": "jpg", "seed": 9},
+        "merge": {"output_format": "jpg", "seed": 9},
+    }
+
+
+def test_a_rows_own_values_win_over_the_defaults() -> None:
+    manifest = check_rows(
+        [
+            row(id="own", params={"aspect_ratio": "16:9", "seed": -1}),
+            row(id="none", params={}),
+        ],
+        defaults={"aspect_ratio": "1:1", "seed": 9},
+    )
+
+    assert {r.id: r.params for r in manifest.rows} == {
+        "own": {"aspect_ratio": "16:9", "seed": -1},
+        "none": {"aspect_ratio": "1:1", "seed": 9},
+    }
+
+
+def test_a_default_of_none_is_no_default() -> None:
+    (parsed,) = check_rows([row()], defaults={"seed": None, "aspect_ratio": None}).rows
+
+    assert parsed.params == {}
+
+
+def test_a_default_the_endpoint_refuses_rejects_the_row() -> None:
+    # 4:5 is a FLUX ratio but not a p-image-edit one.
+    manifest = check_rows(
+        [
+            row(id="flux", images=IMAGES[:1]),
+            row(id="pedit", endpoint="p-image-edit", images=IMAGES[:1]),
+            row(
+                id="pedit-own",
+                endpoint="p-image-edit",
+                images=IMAGES[:1],
+                params={"aspect_ratio": "1:1"},
+            ),
+        ],
+        defaults={"aspect_ratio": "4:5"},
+    )
+
+    assert {r.id: r.params for r in manifest.rows} == {
+        "flux": {"aspect_ratio": "4:5"},
+        "pedit-own": {"aspect_ratio": "1:1"},
+    }
+    (rejected,) = manifest.rejected
+    assert (rejected.line, rejected.id, rejected.endpoint) == (2, "pedit", "p-image-edit")
+    (problem,) = rejected.problems
+    assert problem.startswith("line 2 (pedit): aspect_ratio: ")
+    assert problem.endswith("(got '4:5')")
+
+
+def test_a_default_within_one_step_but_not_the_other_rejects_a_merge_row() -> None:
+    # safety_tolerance 5 is fine for flux-kontext-pro; multi-image-kontext-pro allows 0..2.
+    manifest = check_rows(
+        [
+            row(id="flux", images=IMAGES[:1]),
+            row(id="multi", endpoint="multi-image-kontext-pro", images=IMAGES[:2]),
+            row(
+                id="merge",
+                endpoint=REPLACE_BACKGROUND_THEN_MERGE,
+                images=IMAGES[:2],
+                background_prompt="a beach",
+            ),
+            row(id="pedit", endpoint="p-image-edit", images=IMAGES[:1]),
+        ],
+        defaults={"safety_tolerance": 5},
+    )
+
+    assert {r.id: r.params for r in manifest.rows} == {
+        "flux": {"safety_tolerance": 5},
+        "pedit": {},
+    }
+    assert [(r.id, r.endpoint) for r in manifest.rejected] == [
+        ("multi", "multi-image-kontext-pro"),
+        ("merge", REPLACE_BACKGROUND_THEN_MERGE),
+    ]
+    for rejected in manifest.rejected:
+        assert rejected.problems
+        assert all(f"({rejected.id}): safety_tolerance: " in p for p in rejected.problems)
+        assert all(p.endswith("(got 5)") for p in rejected.problems)
+
+
+def test_defaults_fill_empty_csv_cells(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "id,endpoint,prompt,seed,aspect_ratio\n"
+        "a,flux-kontext-pro,x,,\n"
+        "b,flux-kontext-pro,y,3,16:9\n",
+        encoding="utf-8",
+    )
+
+    manifest = load_manifest(str(path), defaults={"seed": 11, "aspect_ratio": "2:3"})
+
+    assert manifest.rejected == []
+    assert [(r.id, r.params) for r in manifest.rows] == [
+        ("a", {"seed": 11, "aspect_ratio": "2:3"}),
+        ("b", {"seed": 3, "aspect_ratio": "16:9"}),
+    ]
+
+
+# --- default_endpoint -------------------------------------------------------------------------
+
+
+def test_a_default_endpoint_fills_rows_that_name_none() -> None:
+    raw = [
+        row(id="a", endpoint=None),
+        row(id="b", endpoint=""),
+        row(id="c", endpoint="p-image-edit", images=IMAGES[:1]),
+        row(id="d", endpoint=None, images=IMAGES[:2]),
+    ]
+
+    manifest = check_rows(raw, default_endpoint="flux-kontext-pro")
+    without = check_rows(raw)
+
+    assert [(r.id, r.endpoint) for r in manifest.rows] == [
+        ("a", "flux-kontext-pro"),
+        ("b", "flux-kontext-pro"),
+        ("c", "p-image-edit"),
+    ]
+    (rejected,) = manifest.rejected
+    assert (rejected.id, rejected.endpoint) == ("d", "flux-kontext-pro")
+    assert rejected.problems == ("line 4 (d): flux-kontext-pro takes 0 to 1 image(s), got 2",)
+    assert "endpoint" not in raw[0]  # the caller's rows are left as they were
+    assert [r.id for r in without.rows] == ["c"]
+    assert without.problems()[0].startswith("line 1 (a): endpoint None is not one of")
+
+
+def test_a_default_endpoint_chooses_which_defaults_apply() -> None:
+    manifest = check_rows(
+        [row(id="a", endpoint=None, images=IMAGES[:1])],
+        default_endpoint="p-image-edit",
+        defaults={"disable_safety_checker": True, "output_format": "jpg"},
+    )
+
+    (parsed,) = manifest.rows
+    assert parsed.endpoint == "p-image-edit"
+    assert parsed.params == {"disable_safety_checker": True}
+
+
+def test_a_default_endpoint_can_be_the_two_step_flow() -> None:
+    manifest = check_rows(
+        [row(id="m", endpoint=None, images=IMAGES[:2], background_prompt="a beach")],
+        default_endpoint=REPLACE_BACKGROUND_THEN_MERGE,
+    )
+
+    (parsed,) = manifest.rows
+    assert parsed.endpoint == REPLACE_BACKGROUND_THEN_MERGE
+    assert parsed.background_prompt == "a beach"
+
+
+def test_csv_without_an_endpoint_column_needs_a_default_endpoint() -> None:
+    text = (
+        "id,prompt,images,seed\n"
+        "a,make it blue,https://a/1.png,3\n"
+        "b,make it red,https://a/1.png|https://a/2.png,\n"
+        "c,,https://a/1.png,\n"
+    )
+
+    manifest = check_manifest_text(text, fmt="csv", default_endpoint="p-image-edit")
+    with pytest.raises(ManifestError) as caught:
+        check_manifest_text(text, fmt="csv")
+
+    assert [(r.id, r.line, r.endpoint, r.params) for r in manifest.rows] == [
+        ("a", 2, "p-image-edit", {"seed": 3}),
+        ("b", 3, "p-image-edit", {}),
+    ]
+    assert manifest.rows[1].images == ["https://a/1.png", "https://a/2.png"]
+    assert [(r.line, r.id, r.endpoint) for r in manifest.rejected] == [(4, "c", "p-image-edit")]
+    assert caught.value.problems == ["line 1: the header lacks column(s) endpoint"]
+
+
+def test_csv_with_an_endpoint_column_uses_the_default_for_empty_cells(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "id,endpoint,prompt,images\n"
+        "a,,x,https://a/1.png\n"
+        "b,multi-image-kontext-pro,y,https://a/1.png|https://a/2.png\n",
+        encoding="utf-8",
+    )
+
+    manifest = load_manifest(str(path), default_endpoint="flux-kontext-max")
+
+    assert [(r.id, r.endpoint) for r in manifest.rows] == [
+        ("a", "flux-kontext-max"),
+        ("b", "multi-image-kontext-pro"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_unknown_default_endpoint_is_refused(fmt: str) -> None:
+    with pytest.raises(ValueError, match="default endpoint 'flux-kontext-ultra' is not one of"):
+        check_manifest_text(jsonl(row()), fmt=fmt, default_endpoint="flux-kontext-ultra")
+
+
+# --- reading through an ObjectStore -----------------------------------------------------------
+
+
+@pytest.fixture
+def memory_store() -> Iterator[ObjectStore]:
+    """A memory:// store private to this test (the memory filesystem is process-global)."""
+    name = f"manifests-{uuid.uuid4().hex}"
+    yield ObjectStore.from_url(f"memory://{name}")
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)
+
+
+def test_load_manifest_reads_through_a_store_of_the_same_protocol(
+    memory_store: ObjectStore,
+) -> None:
+    url = memory_store.write(
+        "batches/m.jsonl",
+        jsonl(row(id="a", images=["pics/a.png"]), "{broken", row(id="b", endpoint=None)).encode(),
+    )
+    assert url.startswith("memory://")
+
+    manifest = load_manifest(
+        url, store=memory_store, default_endpoint="flux-kontext-pro", defaults={"seed": 4}
+    )
+
+    assert manifest.source == url
+    assert [(r.id, r.line, r.endpoint) for r in manifest.rows] == [
+        ("a", 1, "flux-kontext-pro"),
+        ("b", 3, "flux-kontext-pro"),
+    ]
+    assert manifest.rows[0].images == ["pics/a.png"]  # not a local manifest: kept as given
+    assert [r.params for r in manifest.rows] == [{"seed": 4}, {"seed": 4}]
+    assert [r.line for r in manifest.rejected] == [2]
+
+
+def test_a_csv_manifest_with_a_byte_order_mark_through_a_store(memory_store: ObjectStore) -> None:
+    url = memory_store.write(
+        "m.csv", "\ufeffid,endpoint,prompt,seed\na,flux-kontext-pro,x,5\n".encode()
+    )
+
+    manifest = load_manifest(url, store=memory_store)
+
+    assert [(r.id, r.line, r.params) for r in manifest.rows] == [("a", 2, {"seed": 5})]
+
+
+def test_a_missing_manifest_in_a_store_cannot_be_read(memory_store: ObjectStore) -> None:
+    url = memory_store.url("missing.jsonl")
+
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(url, store=memory_store)
+
+    (problem,) = caught.value.problems
+    assert problem.startswith("cannot read it: FileNotFoundError")
+    assert caught.value.source == url
+
+
+def test_whole_file_problems_through_a_store_still_raise(memory_store: ObjectStore) -> None:
+    empty = memory_store.write("empty.jsonl", b"\n\n")
+    headless = memory_store.write("headless.csv", b"prompt\nx\n")
+
+    with pytest.raises(ManifestError) as no_rows:
+        load_manifest(empty, store=memory_store)
+    with pytest.raises(ManifestError) as no_header:
+        load_manifest(headless, store=memory_store)
+
+    assert no_rows.value.problems == ["no rows"]
+    assert no_header.value.problems == ["line 1: the header lacks column(s) id, endpoint"]
+
+
+def test_a_store_of_another_protocol_is_not_used(memory_store: ObjectStore, tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(jsonl(row(id="a", images=["pics/a.png"])), encoding="utf-8")
+
+    manifest = load_manifest(str(path), store=memory_store)
+
+    (parsed,) = manifest.rows
+    assert parsed.images == [str(tmp_path.resolve() / "pics" / "a.png")]
+
+
+def test_load_manifest_from_s3_through_the_store_needs_no_storage_options(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Nothing outside the store can reach S3 here: no credentials in the environment,
+    # and an endpoint on loopback where nothing listens.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    store = ObjectStore.from_url("s3://outputs/batches", **storage_options(s3))
+    url = store.write("catalogue.jsonl", (MANIFESTS / "catalogue.jsonl").read_bytes())
+    assert url == "s3://outputs/batches/catalogue.jsonl"
+
+    manifest = load_manifest(url, store=store, defaults={"output_format": "jpg"})
+
+    assert [r.id for r in manifest.rows] == EXPECTED_IDS
+    assert manifest.rejected == []
+    assert manifest.source == url
+    assert manifest.rows[0].params == {"aspect_ratio": "1:1", "seed": 7, "output_format": "jpg"}
+    assert manifest.rows[2].params == {"aspect_ratio": "2:3", "seed": 11}  # p-image-edit
+
+
+def test_an_s3_manifest_without_credentials_cannot_be_read(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "The file cannot be read" is a ManifestError, whatever the filesystem's reason;
+    # the environment has no credentials and points nowhere but at a closed loopback port.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    s3.client().put_object(Bucket="outputs", Key="m.jsonl", Body=jsonl(row()).encode())
+    local = ObjectStore.from_url(str(tmp_path / "outputs"))
+
+    with pytest.raises(ManifestError) as caught:
+        load_manifest("s3://outputs/m.jsonl", store=local)
+
+    (problem,) = caught.value.problems
+    assert problem.startswith("cannot read it: ")

@@ -353,3 +353,83 @@ def test_presigned_url_lifetime_follows_presign_expiry_s(s3: S3Server) -> None:
     else:
         expires = int(query["Expires"][0])
         assert before + 120 - 2 <= expires <= after + 120 + 2
+
+
+def test_presigned_url_for_an_s3_url_reads_without_credentials(s3: S3Server) -> None:
+    store = ObjectStore.from_url("s3://outputs/prefix", **s3_options(s3))
+    url = store.write("runs/a.png", ALL_BYTES)
+    assert url == "s3://outputs/prefix/runs/a.png"
+
+    presigned = store.presigned_url_for(url)
+
+    assert presigned is not None
+    parts = urlsplit(presigned)
+    assert parts.scheme == "http"
+    assert parts.hostname == "127.0.0.1"
+    assert parts.port == urlsplit(s3.endpoint_url).port
+    assert parts.path == "/outputs/prefix/runs/a.png"
+    query = parse_qs(parts.query)
+    assert ("Signature" in query) or ("X-Amz-Signature" in query)
+    assert "SECRET" not in unquote(presigned)
+    with httpx.Client(trust_env=False) as client:
+        response = client.get(presigned)
+    assert response.status_code == 200
+    assert response.content == ALL_BYTES
+
+
+def test_presigned_url_for_an_s3_url_outside_the_prefix(s3: S3Server) -> None:
+    # Same filesystem, another prefix (e.g. an input uploaded by another flow).
+    s3.client().put_object(Bucket="outputs", Key="elsewhere/b.png", Body=b"elsewhere")
+    store = ObjectStore.from_url("s3://outputs/prefix", **s3_options(s3))
+
+    presigned = store.presigned_url_for("s3://outputs/elsewhere/b.png")
+
+    assert presigned is not None
+    assert urlsplit(presigned).path == "/outputs/elsewhere/b.png"
+    with httpx.Client(trust_env=False) as client:
+        response = client.get(presigned)
+    assert response.status_code == 200
+    assert response.content == b"elsewhere"
+
+
+def test_presigned_url_for_follows_presign_expiry_s(s3: S3Server) -> None:
+    store = ObjectStore.from_url("s3://outputs/prefix", presign_expiry_s=90, **s3_options(s3))
+    url = store.write("a.png", b"x")
+
+    before = time.time()
+    presigned = store.presigned_url_for(url)
+    after = time.time()
+
+    assert presigned is not None
+    query = parse_qs(urlsplit(presigned).query)
+    if "X-Amz-Expires" in query:
+        assert int(query["X-Amz-Expires"][0]) == 90
+    else:
+        expires = int(query["Expires"][0])
+        assert before + 90 - 2 <= expires <= after + 90 + 2
+
+
+def test_presigned_url_for_a_url_on_another_filesystem_is_none(
+    s3: S3Server, tmp_path: Path, memory_url: str
+) -> None:
+    store = ObjectStore.from_url("s3://outputs/prefix", **s3_options(s3))
+    local = ObjectStore.from_url(str(tmp_path))
+    memory = ObjectStore.from_url(memory_url)
+    local_url = local.write("a.png", b"x")
+    memory_url_of_a = memory.write("a.png", b"x")
+
+    assert store.presigned_url_for(local_url) is None
+    assert store.presigned_url_for(memory_url_of_a) is None
+    assert store.presigned_url_for("https://127.0.0.1/a.png") is None
+
+
+def test_presigned_url_for_is_none_off_s3(tmp_path: Path, memory_url: str) -> None:
+    local = ObjectStore.from_url(str(tmp_path))
+    memory = ObjectStore.from_url(memory_url)
+    local_url = local.write("a.png", b"x")
+    memory_url_of_a = memory.write("a.png", b"x")
+
+    assert local.presigned_url_for(local_url) is None
+    assert local.presigned_url_for(f"file://{local_url}") is None
+    assert memory.presigned_url_for(memory_url_of_a) is None
+    assert memory.presigned_url_for("s3://outputs/prefix/a.png") is None
