@@ -1,6 +1,9 @@
-"""Prefect flows that compose the endpoint tasks."""
+"""Prefect flows that compose the endpoint tasks.
 
-from flows.batch import BatchEndpoint, BatchOutcome, RowDefaults, batch
+The batch flow is imported from `flows.batch` itself: importing it here would
+make ``python -m flows.batch`` load the module twice.
+"""
+
 from flows.edit_each_image_with_p_image_edit import (
     PImageEditOutcome,
     edit_each_image_with_p_image_edit,
@@ -13,13 +16,9 @@ from flows.replace_background_then_merge import (
 )
 
 __all__ = [
-    "BatchEndpoint",
-    "BatchOutcome",
     "KontextModel",
     "PImageEditOutcome",
     "ReplaceBackgroundThenMergeOutcome",
-    "RowDefaults",
-    "batch",
     "edit_each_image_with_p_image_edit",
     "edit_image",
     "merge_images",

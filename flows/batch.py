@@ -108,7 +108,9 @@ class RowDefaults(BaseModel):
         ge=0,
         le=SEED_MAX,
         title="Seed",
-        description="Pins rows without a seed: reruns are then served from the cache.",
+        description=(
+            "Pins every row without a seed, which makes reruns free (served from the cache)."
+        ),
     )
 
     def parameters(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
@@ -19,6 +20,7 @@ from tasks.segmind_tasks import output_day, run_segmind_endpoint
 
 __all__ = [
     "MAX_CONCURRENCY",
+    "RECORDS_FOLDER",
     "SEED_MAX",
     "endpoint_caller",
     "paid_in_this_run",
@@ -39,14 +41,27 @@ def run_file_key(suffix: str) -> str:
     return f"{flow}/{output_day():%Y-%m-%d}/runs/{run}{suffix}"
 
 
-def record_storage(storage: ObjectStorage) -> ObjectStorage | type[NotSet]:
-    """The ``result_storage`` for the endpoint tasks.
+RECORDS_FOLDER = ".prefect-records"
 
-    Prefect keeps cache records only in a saved block; with an unsaved one the
-    records stay in Prefect's local storage, and the output store's own lookup
-    still avoids paying twice for the same output.
+
+def record_storage(storage: ObjectStorage) -> ObjectStorage | Path | type[NotSet]:
+    """Where the endpoint tasks keep Prefect's cache records for ``storage``.
+
+    - A saved block: in the block itself, beside the outputs, where every
+      process and worker finds them.
+    - An unsaved local folder: in its ``.prefect-records`` subfolder, so the
+      records go with the outputs (delete the folder and both are gone; a
+      record never names an image that is not there).
+    - Other unsaved storage: Prefect's local storage (Prefect needs a saved
+      block to keep records anywhere else); the cache key then names the
+      storage's location (`tasks.caching`).
     """
-    return storage if storage._block_document_id is not None else NotSet
+    if storage._block_document_id is not None:
+        return storage
+    store = storage.get_store()
+    if store.protocol in ("file", "local"):
+        return Path(store.root) / RECORDS_FOLDER
+    return NotSet
 
 
 def paid_in_this_run(state: State[EditResult]) -> EditResult:

@@ -6,15 +6,20 @@ bytes and ``s3://`` inputs; the URL for ``http(s)`` inputs). A request without
 a pinned seed asks for a new variation, so it gets no key and is never served
 from the cache.
 
-Used with ``persist_result=True`` and ``result_storage`` set to an
+Used with ``persist_result=True`` and ``result_storage`` set to a saved
 `ObjectStorage` block, the records live beside the outputs, so a second
-process or worker finds them. The policy is configured SERIALIZABLE with an
+process or worker finds them. With unsaved storage the records live in
+Prefect's local storage, shared by every output location, so the key also
+names the location: a request paid into one folder or bucket is never
+"served" to a run that writes somewhere else (whose outputs would then be
+missing there). The policy is configured SERIALIZABLE with an
 in-process lock manager: identical requests submitted concurrently in one
 flow run wait for the first and are paid once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,12 +31,19 @@ from prefect.context import TaskRunContext
 from prefect.locking.memory import MemoryLockManager
 from prefect.transactions import IsolationLevel
 
+from blocks.object_storage import ObjectStorage
 from segmind_core.errors import SegmindError
 from segmind_core.images import ImageInput, image_identity
 from segmind_core.object_store import ObjectStore
 from segmind_core.request_spec import RequestSpec, request_digest
 
-__all__ = ["SHARED_LOCKS", "SegmindRequestCachePolicy", "input_identities", "request_cache_policy"]
+__all__ = [
+    "SHARED_LOCKS",
+    "SegmindRequestCachePolicy",
+    "input_identities",
+    "request_cache_policy",
+    "storage_location_tag",
+]
 
 # One lock manager for every task of the process: locks are keyed by cache key.
 SHARED_LOCKS = MemoryLockManager()  # type: ignore[no-untyped-call]
@@ -82,9 +94,18 @@ class SegmindRequestCachePolicy(CachePolicy):
                 return None
             storage = inputs.get("storage")
             store = storage.get_store() if storage is not None else None
-            return "segmind-" + request_digest(spec, input_identities(spec, store))
+            key = "segmind-" + request_digest(spec, input_identities(spec, store))
+            if storage is None or storage._block_document_id is None:
+                where = store if store is not None else ObjectStorage().get_store()
+                key += "-" + storage_location_tag(where)
+            return key
         except (SegmindError, ValueError, OSError):
             return None
+
+
+def storage_location_tag(store: ObjectStore) -> str:
+    """A short, stable name of where ``store`` writes (its filesystem and absolute root)."""
+    return hashlib.sha256(f"{store.protocol}://{store.root}".encode()).hexdigest()[:16]
 
 
 def request_cache_policy(build_spec: Callable[[dict[str, Any]], RequestSpec]) -> CachePolicy:
