@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
+from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -16,6 +18,7 @@ from blocks.segmind_credentials import SegmindCredentials
 from segmind_core.batch import BatchCall
 from segmind_core.generation import EditResult
 from segmind_core.outputs import sanitise_key_part
+from tasks.artifacts import publish_outputs
 from tasks.segmind_tasks import output_day, run_segmind_endpoint
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "endpoint_caller",
     "paid_in_this_run",
     "record_storage",
+    "run_endpoint_task",
     "run_file_key",
 ]
 
@@ -115,3 +119,24 @@ def _settle(target: Future[EditResult], submitted: PrefectFuture[EditResult]) ->
         target.set_result(paid_in_this_run(submitted.state))
     except Exception as exc:  # the call's failure, reported by the caller
         target.set_exception(exc)
+
+
+def run_endpoint_task(
+    task: Task[..., EditResult],
+    title: str,
+    *,
+    storage: ObjectStorage,
+    refresh_cache: bool,
+    **arguments: Any,
+) -> EditResult:
+    """Run one endpoint task into ``storage`` and show its output in an artifact.
+
+    Returns its result, ``reused`` when it cost this run nothing.
+    """
+    state = task.with_options(result_storage=record_storage(storage), refresh_cache=refresh_cache)(
+        storage=storage, return_state=True, **arguments
+    )
+    result = paid_in_this_run(state)
+    publish_outputs(title, [(str(arguments.get("prompt", "")), result)], store=storage.get_store())
+    get_run_logger().info("Output: %s", result.url)
+    return result

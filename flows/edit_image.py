@@ -5,15 +5,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import SEED_MAX, paid_in_this_run, record_storage
+from flows.common import SEED_MAX, run_endpoint_task
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.generation import EditResult
-from tasks.artifacts import publish_outputs
 from tasks.segmind_tasks import edit_image_with_kontext_max, edit_image_with_kontext_pro
 
 __all__ = ["KontextModel", "edit_image"]
@@ -60,7 +59,11 @@ def edit_image(
     """
     storage = storage if storage is not None else ObjectStorage()
     task = edit_image_with_kontext_pro if model is KontextModel.PRO else edit_image_with_kontext_max
-    state = task.with_options(result_storage=record_storage(storage), refresh_cache=refresh_cache)(
+    return run_endpoint_task(
+        task,
+        "Edited image",
+        storage=storage,
+        refresh_cache=refresh_cache,
         prompt=prompt,
         image=image,
         aspect_ratio=aspect_ratio,
@@ -68,11 +71,5 @@ def edit_image(
         safety_tolerance=safety_tolerance,
         seed=seed,
         credentials=credentials,
-        storage=storage,
         job_id=output_name,
-        return_state=True,
     )
-    result = paid_in_this_run(state)
-    publish_outputs("Edited image", [(prompt, result)], store=storage.get_store())
-    get_run_logger().info("Output: %s", result.url)
-    return result

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import SEED_MAX, paid_in_this_run, record_storage
+from flows.common import SEED_MAX, run_endpoint_task
 from flows.edit_image import KontextModel
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.generation import EditResult
-from tasks.artifacts import publish_outputs
 from tasks.segmind_tasks import merge_images_with_kontext_max, merge_images_with_kontext_pro
 
 __all__ = ["merge_images"]
@@ -59,7 +58,11 @@ def merge_images(
         if model is KontextModel.PRO
         else merge_images_with_kontext_max
     )
-    state = task.with_options(result_storage=record_storage(storage), refresh_cache=refresh_cache)(
+    return run_endpoint_task(
+        task,
+        "Merged image",
+        storage=storage,
+        refresh_cache=refresh_cache,
         prompt=prompt,
         image_1=image_1,
         image_2=image_2,
@@ -68,11 +71,5 @@ def merge_images(
         safety_tolerance=safety_tolerance,
         seed=seed,
         credentials=credentials,
-        storage=storage,
         job_id=output_name,
-        return_state=True,
     )
-    result = paid_in_this_run(state)
-    publish_outputs("Merged image", [(prompt, result)], store=storage.get_store())
-    get_run_logger().info("Output: %s", result.url)
-    return result

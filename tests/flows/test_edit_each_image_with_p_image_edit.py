@@ -15,16 +15,8 @@ import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
-from prefect import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
-)
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
@@ -41,6 +33,7 @@ from segmind_core.contract import PImageEditAspectRatio
 from segmind_core.outputs import SIDECAR_SUFFIX
 from tasks.artifacts import RESULTS_KEY
 from tests.conftest import EmulatorFactory
+from tests.flows.outputs import DAY, flow_run_artifacts
 from tests.support import API_KEY, DOCUMENTED_SIZES, decode, image_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -50,7 +43,6 @@ COFFEE = PHOTOS / "coffee.jpg"  # 600x400: 3:2
 CHELSEA = PHOTOS / "chelsea.jpg"  # 451x300: 3:2
 ASTRONAUT = PHOTOS / "astronaut.jpg"  # 512x512: 1:1
 FLOW = "edit-each-image-with-p-image-edit"
-DAY = r"\d{4}-\d{2}-\d{2}"
 PROMPT = "p-image-edit flow test: make it a vintage travel poster"
 
 
@@ -97,13 +89,7 @@ def results_lines(outcome: PImageEditOutcome, base: Path) -> list[dict[str, Any]
 
 
 def results_table(state: State[Any]) -> list[dict[str, Any]]:
-    flow_run_id: UUID | None = state.state_details.flow_run_id
-    assert flow_run_id is not None
-    with get_client(sync_client=True) as client:
-        artifacts: list[Any] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_KEY])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-        )
+    artifacts = flow_run_artifacts(state, RESULTS_KEY)
     assert len(artifacts) == 1, artifacts
     assert artifacts[0].type == "table"
     data = artifacts[0].data

@@ -8,23 +8,12 @@ contents), so a shared request would be served from another test's record.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
-from prefect import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
-)
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
@@ -35,16 +24,16 @@ from flows.common import RECORDS_FOLDER, SEED_MAX
 from flows.edit_image import KontextModel, edit_image
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.generation import EditResult
-from segmind_core.outputs import SIDECAR_SUFFIX
 from tasks.artifacts import OUTPUTS_KEY
-from tests.support import API_KEY, DOCUMENTED_SIZES, decode
+from tests.flows.outputs import assert_stored as assert_stored_output
+from tests.flows.outputs import flow_run_artifacts
+from tests.support import DOCUMENTED_SIZES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 COFFEE = PHOTOS / "coffee.jpg"  # 600x400: match_input_image gives 3:2
 FLOW = "edit-image"
-DAY = r"\d{4}-\d{2}-\d{2}"
 PROMPT = "edit-image test: put the cup on a marble counter"
 
 
@@ -57,38 +46,12 @@ def run(storage: ObjectStorage, **arguments: Any) -> State[EditResult]:
     return state
 
 
-def assert_stored(
-    result: EditResult, base: Path, *, slug: str, size: tuple[int, int], fmt: str = "png"
-) -> dict[str, Any]:
-    """``result`` names an image of ``size`` under ``base`` with a matching sidecar."""
-    assert result.slug == slug
-    path = Path(result.url)
-    assert path == base.resolve() / result.key
-    assert re.fullmatch(rf"{FLOW}/{DAY}/[a-z0-9._-]+\.{fmt}", result.key), result.key
-    data = path.read_bytes()
-    image = decode(data)
-    assert image.size == (result.width, result.height) == size
-    assert image.format == {"png": "PNG", "jpg": "JPEG"}[fmt]
-    assert hashlib.sha256(data).hexdigest() == result.sha256
-    sidecar_text = Path(f"{path}{SIDECAR_SUFFIX}").read_text()
-    sidecar: dict[str, Any] = json.loads(sidecar_text)
-    assert sidecar["output"]["sha256"] == result.sha256
-    assert sidecar["seed"] == result.seed
-    assert sidecar["slug"] == slug
-    assert sidecar["flow_name"] == FLOW
-    assert API_KEY not in sidecar_text
-    return sidecar
+def assert_stored(result: EditResult, base: Path, **expected: Any) -> dict[str, Any]:
+    return assert_stored_output(result, base, flow=FLOW, **expected)
 
 
 def outputs_artifacts(state: State[Any]) -> list[Any]:
-    flow_run_id: UUID | None = state.state_details.flow_run_id
-    assert flow_run_id is not None
-    with get_client(sync_client=True) as client:
-        artifacts: list[Any] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[OUTPUTS_KEY])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-        )
-    return artifacts
+    return flow_run_artifacts(state, OUTPUTS_KEY)
 
 
 def test_an_edit_is_stored_with_its_sidecar_and_an_outputs_artifact(
