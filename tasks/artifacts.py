@@ -7,11 +7,13 @@ a new version of the same artifact and the UI shows their history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, ParamSpec, cast
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -48,6 +50,20 @@ RESULTS_KEY = "segmind-batch-results"
 GALLERY_KEY = "segmind-batch-gallery"
 OUTPUTS_KEY = "segmind-outputs"
 TABLE_LIMIT = 1000
+P = ParamSpec("P")
+
+
+def _best_effort(publish: Callable[P, None]) -> Callable[P, None]:
+    """Artifacts are for people: failing to publish one must not fail a run that paid."""
+
+    @functools.wraps(publish)
+    def publish_or_warn(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            publish(*args, **kwargs)
+        except Exception as exc:
+            get_run_logger().warning("Could not publish %s: %s", publish.__name__, exc)
+
+    return publish_or_warn
 
 
 class BatchProgress:
@@ -77,9 +93,13 @@ class BatchProgress:
         percent = 100 * self.done // max(self.total, 1)
         if percent > self._shown:
             self._shown = percent
-            update_progress_artifact(self._id, progress=float(percent))
+            try:
+                update_progress_artifact(self._id, progress=float(percent))
+            except Exception as exc:  # a missed update must not stop a batch that is paying
+                get_run_logger().warning("Could not update the progress artifact: %s", exc)
 
 
+@_best_effort
 def publish_estimate(
     rows: Sequence[ManifestRow], *, rejected: int, max_cost_usd: Decimal | None
 ) -> None:
@@ -92,6 +112,7 @@ def publish_estimate(
     )
 
 
+@_best_effort
 def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore) -> None:
     """The results table and the gallery (thumbnails through presigned URLs on S3)."""
     ordered = sorted(report.results, key=lambda result: result.status is RowStatus.SUCCEEDED)
@@ -127,6 +148,7 @@ def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore
     )
 
 
+@_best_effort
 def publish_outputs(
     title: str, outputs: Sequence[tuple[str, EditResult]], *, store: ObjectStore
 ) -> None:
