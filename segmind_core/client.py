@@ -22,10 +22,12 @@ in ``repr``, log lines or error messages.
 from __future__ import annotations
 
 import email.utils
+import functools
 import io
 import logging
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -132,6 +134,16 @@ class GeneratedImage:
     request_id: str | None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The default TLS settings of httpx, built once per process.
+
+    Loading the CA bundle costs about 20 ms, and every task run makes a client.
+    An ``SSLContext`` is safe to share between threads.
+    """
+    return httpx.create_ssl_context()
+
+
 class SegmindClient:
     """Calls Segmind endpoints; one instance can be shared by threads.
 
@@ -179,6 +191,7 @@ class SegmindClient:
             headers={"User-Agent": USER_AGENT, "Accept": "image/*, application/json"},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             transport=transport,
+            verify=_tls_context(),
         )
 
     def __repr__(self) -> str:
