@@ -15,7 +15,8 @@ From a terminal, with credentials and storage from the environment::
     python -m flows.batch examples/manifests/catalogue.jsonl --output s3://bucket/prefix
 
 It prints progress, then the results manifest's URL as its last line, and
-exits 0 only when the run Completed.
+exits 0 only when the run Completed (1 when it Failed; 2, before anything
+starts, for bad arguments, an unreadable manifest or no API key).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from enum import StrEnum
@@ -50,7 +51,7 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
-from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, load_manifest
+from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 
 __all__ = ["MAX_CONCURRENCY", "BatchEndpoint", "BatchOutcome", "RowDefaults", "batch", "main"]
@@ -311,6 +312,24 @@ def wait_for_task_run_records(flow_run_id: UUID, expected: int, timeout_s: float
             time.sleep(0.1)  # polling the server's record, not waiting for time to pass
 
 
+def _bounded(
+    kind: Callable[[str], float], low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` within ``low`` and ``high``, refused at once otherwise."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            limits = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {limits}")
+        return value
+
+    return parse
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m flows.batch",
@@ -323,9 +342,18 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", required=True, help="where outputs go: s3://bucket/prefix or a folder"
     )
-    parser.add_argument("--max-concurrency", type=int, default=4, help="calls in flight (1-64)")
-    parser.add_argument("--max-cost-usd", type=float, help="refuse if the estimate is over this")
-    parser.add_argument("--max-failed-rows", type=int, default=0, help="failures still allowed")
+    parser.add_argument(
+        "--max-concurrency",
+        type=_bounded(int, 1, MAX_CONCURRENCY),
+        default=4,
+        help=f"calls in flight (1 to {MAX_CONCURRENCY}, default 4)",
+    )
+    parser.add_argument(
+        "--max-cost-usd", type=_bounded(float, 0), help="refuse if the estimate is over this"
+    )
+    parser.add_argument(
+        "--max-failed-rows", type=_bounded(int, 0), default=0, help="failures still allowed"
+    )
     parser.add_argument("--refresh-cache", action="store_true", help="generate again and pay")
     return parser.parse_args(argv)
 
@@ -341,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     storage = ObjectStorage(base_url=args.output)
+    try:  # a manifest that cannot be read is refused before a server is started
+        load_manifest(args.manifest, store=storage.get_store())
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with _prefect_api() as temporary:
         state = batch(
             manifest=args.manifest,
