@@ -1,0 +1,117 @@
+"""prefect.yaml and deployments/definitions.py agree, and every entrypoint is a real flow."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.utilities.schema_tools.validation import validate
+
+from deployments.definitions import (
+    DEPLOYMENTS,
+    NIGHTLY_CRON,
+    NIGHTLY_TIMEZONE,
+    WORK_POOL,
+    DeploymentDefinition,
+)
+from deployments.serve import runner_deployment
+from segmind_core.contract import FluxAspectRatio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prefect_yaml() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return loaded
+
+
+def ids(definition: DeploymentDefinition) -> str:
+    return definition.entrypoint.split(":")[1]
+
+
+def test_prefect_yaml_lists_exactly_the_definitions_in_order() -> None:
+    entries = prefect_yaml()["deployments"]
+
+    assert [(e["name"], e["entrypoint"]) for e in entries] == [
+        (d.name, d.entrypoint) for d in DEPLOYMENTS
+    ]
+    for entry, definition in zip(entries, DEPLOYMENTS, strict=True):
+        assert " ".join(entry["description"].split()) == definition.description
+        assert entry["parameters"] == definition.parameters
+        assert tuple(entry["tags"]) == definition.tags
+        assert entry["enforce_parameter_schema"] is True
+        assert entry["work_pool"]["name"] == WORK_POOL
+        schedules = entry.get("schedules") or []
+        if definition.cron is None:
+            assert schedules == []
+        else:
+            assert schedules == [
+                {"cron": definition.cron, "timezone": definition.timezone, "active": True}
+            ]
+
+
+def test_only_the_batch_runs_on_a_nightly_schedule_with_a_time_zone() -> None:
+    scheduled = [d for d in DEPLOYMENTS if d.cron is not None]
+
+    assert [d.entrypoint for d in scheduled] == ["flows/batch.py:batch"]
+    assert scheduled[0].cron == NIGHTLY_CRON == "0 2 * * *"
+    assert scheduled[0].timezone == NIGHTLY_TIMEZONE
+
+
+def test_every_flow_module_has_one_deployment_and_descriptions_are_unique() -> None:
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "flows").glob("*.py")
+        if path.name not in ("__init__.py", "common.py")
+    }
+    deployed = [d.entrypoint.split(":")[0] for d in DEPLOYMENTS]
+
+    assert sorted(deployed) == sorted(modules)
+    assert len({d.description for d in DEPLOYMENTS}) == len(DEPLOYMENTS)
+    # A deployment is known by flow name and deployment name: those must not repeat.
+    names = [(d.load_flow().name, d.name) for d in DEPLOYMENTS]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("definition", DEPLOYMENTS, ids=ids)
+def test_each_entrypoint_imports_a_flow_and_its_defaults_fit_its_form(
+    definition: DeploymentDefinition,
+) -> None:
+    flow = definition.load_flow()
+    assert isinstance(flow, Flow)
+    path = ROOT / definition.entrypoint.split(":")[0]
+    assert path.is_file()
+
+    deployment = runner_deployment(definition)
+
+    schema = deployment._parameter_openapi_schema.model_dump()
+    # The defaults must pass the form's own checks (required fields are filled at run time).
+    errors = validate(
+        copy.deepcopy(definition.parameters), schema, ignore_required=True, raise_on_error=False
+    )
+    assert errors == []
+    # ...and a default out of range would not.
+    if "max_concurrency" in definition.parameters:
+        broken = {**definition.parameters, "max_concurrency": 0}
+        assert validate(broken, schema, ignore_required=True) != []
+    assert deployment.description == definition.description
+    assert deployment.parameters == definition.parameters
+    assert deployment.enforce_parameter_schema is True
+
+
+def test_the_served_batch_has_its_cron_time_zone_and_enums() -> None:
+    (batch,) = [d for d in DEPLOYMENTS if d.cron is not None]
+
+    deployment = runner_deployment(batch)
+
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == NIGHTLY_CRON
+    assert schedule.schedule.timezone == NIGHTLY_TIMEZONE
+    on_demand = runner_deployment(DEPLOYMENTS[1])
+    assert not on_demand.schedules
+    definitions = deployment._parameter_openapi_schema.model_dump()["definitions"]
+    assert definitions["FluxAspectRatio"]["enum"] == [ratio.value for ratio in FluxAspectRatio]
