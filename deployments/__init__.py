@@ -1,5 +1,5 @@
-"""Deployments: their definitions, ``prefect.yaml``'s twin, and a one-process ``serve`` path.
+"""Deployments: their definitions (``prefect.yaml``'s twin), setup, and a ``serve`` path.
 
-The work pool setup, the shared concurrency limit and the local stack
+Holding the shared concurrency limit in the tasks and the local stack
 launcher come with the rest of issue 6.
 """

@@ -1,0 +1,192 @@
+"""Prepare a Prefect server for the deployments; safe to run again and again.
+
+``python -m deployments.setup`` (with ``PREFECT_API_URL`` set) makes sure that:
+
+- the process work pool `WORK_POOL` exists;
+- the block types `SegmindCredentials` and `ObjectStorage` are registered;
+- the block documents ``segmind-credentials`` and ``segmind-outputs`` are saved
+  (the key from ``SEGMIND_API_KEY`` when set, else read on the worker; the
+  storage URL from ``--storage-url``; S3 secrets are never saved here: the
+  workers' AWS environment supplies them);
+- the global concurrency limit ``segmind`` exists with ``--concurrency`` slots
+  (``SEGMIND_CONCURRENCY``, 4 by default), and ``--rate-per-minute`` slots
+  decaying per second when a rate is asked for.
+
+Running it again changes only what differs from what was asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+)
+from prefect.exceptions import ObjectNotFound
+from prefect.workers.process import ProcessWorker
+
+from blocks.object_storage import ObjectStorage
+from blocks.segmind_credentials import SegmindCredentials
+from deployments.definitions import WORK_POOL
+
+__all__ = [
+    "CONCURRENCY_LIMIT",
+    "CREDENTIALS_BLOCK",
+    "STORAGE_BLOCK",
+    "SetupSettings",
+    "main",
+    "set_up",
+]
+
+CONCURRENCY_LIMIT = "segmind"
+CREDENTIALS_BLOCK = "segmind-credentials"
+STORAGE_BLOCK = "segmind-outputs"
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class SetupSettings:
+    """What to create.
+
+    Attributes:
+        concurrency: Slots of the ``segmind`` limit: Segmind calls in flight across
+            every worker (see the README for a value per Segmind tier).
+        rate_per_minute: When set, slots also decay at this rate, which caps calls
+            per minute (Segmind's free tier allows about 5, Pro about 50).
+        storage_url: Base URL of the ``segmind-outputs`` block.
+        storage_endpoint_url: S3-compatible endpoint of that block, if not AWS.
+        segmind_base_url: Segmind server of the ``segmind-credentials`` block
+            (empty: Segmind's own, or ``SEGMIND_BASE_URL`` on the worker).
+        work_pool: Name of the process work pool.
+    """
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate_per_minute: float | None = None
+    storage_url: str = "outputs"
+    storage_endpoint_url: str | None = None
+    segmind_base_url: str | None = None
+    work_pool: str = WORK_POOL
+
+
+def set_up(settings: SetupSettings) -> list[str]:
+    """Create or update everything; returns one line per thing, saying what was done."""
+    done: list[str] = []
+    with get_client(sync_client=True) as client:
+        done.append(_work_pool(client, settings.work_pool))
+        done.append(
+            f"block types {SegmindCredentials.get_block_type_slug()}, "
+            f"{ObjectStorage.get_block_type_slug()}: registered"
+        )
+        done.append(_concurrency_limit(client, settings))
+    for block_type in (SegmindCredentials, ObjectStorage):
+        block_type.register_type_and_schema()
+    done.append(
+        f"block types {SegmindCredentials.get_block_type_slug()}, "
+        f"{ObjectStorage.get_block_type_slug()}: registered"
+    )
+    api_key = os.environ.get("SEGMIND_API_KEY") or None
+    SegmindCredentials(
+        api_key=api_key,
+        base_url=settings.segmind_base_url,
+    ).save(CREDENTIALS_BLOCK, overwrite=True)
+    done.append(
+        f"block {CREDENTIALS_BLOCK}: saved ("
+        + ("with the key from SEGMIND_API_KEY" if api_key else "no key: read on the worker")
+        + ")"
+    )
+    ObjectStorage(base_url=settings.storage_url, endpoint_url=settings.storage_endpoint_url).save(
+        STORAGE_BLOCK, overwrite=True
+    )
+    done.append(f"block {STORAGE_BLOCK}: saved ({settings.storage_url})")
+    return done
+
+
+def _work_pool(client: SyncPrefectClient, name: str) -> str:
+    try:
+        pool = client.read_work_pool(name)
+    except ObjectNotFound:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            )
+        )
+        return f"work pool {name}: created (process)"
+    if pool.type != "process":
+        raise SystemExit(f"work pool {name} exists with type {pool.type!r}, not 'process'")
+    return f"work pool {name}: already there"
+
+
+def _concurrency_limit(client: SyncPrefectClient, settings: SetupSettings) -> str:
+    decay = None if settings.rate_per_minute is None else settings.rate_per_minute / 60
+    try:
+        existing = client.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
+    except ObjectNotFound:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(
+                name=CONCURRENCY_LIMIT,
+                limit=settings.concurrency,
+                slot_decay_per_second=decay or 0.0,
+            )
+        )
+        return f"concurrency limit {CONCURRENCY_LIMIT}: created with {settings.concurrency} slots"
+    if existing.limit == settings.concurrency and (existing.slot_decay_per_second or 0) == (
+        decay or 0
+    ):
+        return f"concurrency limit {CONCURRENCY_LIMIT}: already {settings.concurrency} slots"
+    client.update_global_concurrency_limit(
+        CONCURRENCY_LIMIT,
+        GlobalConcurrencyLimitUpdate(
+            limit=settings.concurrency, slot_decay_per_second=decay or 0.0
+        ),
+    )
+    return f"concurrency limit {CONCURRENCY_LIMIT}: set to {settings.concurrency} slots"
+
+
+def _arguments(argv: Sequence[str] | None) -> SetupSettings:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.setup",
+        description="Create the work pool, blocks and concurrency limit (idempotent).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("SEGMIND_CONCURRENCY", DEFAULT_CONCURRENCY)),
+        help="Segmind calls in flight across all workers (default SEGMIND_CONCURRENCY or 4)",
+    )
+    parser.add_argument("--rate-per-minute", type=float, help="also cap calls per minute")
+    parser.add_argument("--storage-url", default="outputs", help="base URL of segmind-outputs")
+    parser.add_argument("--storage-endpoint-url", help="S3-compatible endpoint, if not AWS")
+    parser.add_argument("--segmind-base-url", help="Segmind server (the emulator's URL offline)")
+    parser.add_argument("--work-pool", default=WORK_POOL, help="process work pool name")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    if args.rate_per_minute is not None and args.rate_per_minute <= 0:
+        parser.error("--rate-per-minute must be above 0")
+    return SetupSettings(
+        concurrency=args.concurrency,
+        rate_per_minute=args.rate_per_minute,
+        storage_url=args.storage_url,
+        storage_endpoint_url=args.storage_endpoint_url,
+        segmind_base_url=args.segmind_base_url,
+        work_pool=args.work_pool,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``python -m deployments.setup`` command."""
+    for line in set_up(_arguments(argv)):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
