@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio.to_thread
@@ -97,6 +98,24 @@ class ObjectStorage(WritableFileSystem):
                 self.base_url, presign_expiry_s=self.presign_expiry_s, **self._storage_options()
             )
         return self._store
+
+    def location(self) -> str:
+        """Where this block writes, as one string: filesystem, absolute root, S3 endpoint.
+
+        Two blocks with the same location write to the same objects, whatever
+        their credentials; never contains a secret.
+        """
+        store = self.get_store()
+        where = f"{store.protocol}://{store.root}"
+        if store.protocol in ("s3", "s3a"):
+            endpoint = (
+                self.endpoint_url
+                or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL")
+                or "aws"
+            )
+            where += f" at {endpoint}"
+        return where
 
     def read_path(self, path: str, **_: Any) -> bytes:  # type: ignore[override]
         """The bytes under ``path`` (a key relative to ``base_url``)."""

@@ -8,7 +8,13 @@ from typing import Any
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
-from segmind_core.client import DEFAULT_BASE_URL, LoggerLike, RetryPolicy, SegmindClient
+from segmind_core.client import (
+    DEFAULT_BASE_URL,
+    LoggerLike,
+    RetryPolicy,
+    SegmindClient,
+    checked_api_key,
+)
 from segmind_core.errors import AuthenticationError
 
 __all__ = ["SegmindCredentials"]
@@ -54,6 +60,15 @@ class SegmindCredentials(CredentialsBlock):
             "empty means SEGMIND_BASE_URL, then https://api.segmind.com."
         ),
     )
+    concurrency_limit: str | None = Field(
+        default="segmind",
+        title="Prefect concurrency limit",
+        description=(
+            "Global concurrency limit each call holds a slot of while in flight, shared by "
+            "every worker of one Prefect server (create it with python -m deployments.setup); "
+            "empty for none. Not used without a Prefect server (PREFECT_API_URL)."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, title="Connect timeout (s)", description="Longest wait to connect."
     )
@@ -93,13 +108,13 @@ class SegmindCredentials(CredentialsBlock):
         """The key from this block or, failing that, the environment.
 
         Raises:
-            AuthenticationError: when neither has a key.
+            AuthenticationError: when neither has a key, or the key cannot be sent.
         """
         if self.api_key is not None and self.api_key.get_secret_value():
-            return self.api_key
+            return checked_api_key(self.api_key, self.label())
         from_env = os.environ.get(API_KEY_ENV, "")
         if from_env:
-            return SecretStr(from_env)
+            return checked_api_key(from_env, self.label())
         raise AuthenticationError(
             f"no Segmind API key: set {API_KEY_ENV} or save a SegmindCredentials block "
             "with an API key"

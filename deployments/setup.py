@@ -24,17 +24,14 @@ from dataclasses import dataclass
 
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import (
-    GlobalConcurrencyLimitCreate,
-    GlobalConcurrencyLimitUpdate,
-    WorkPoolCreate,
-)
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
 from deployments.definitions import WORK_POOL
+from tasks.concurrency import DEFAULT_LIMIT, ensure_concurrency_limit
 
 __all__ = [
     "CONCURRENCY_LIMIT",
@@ -45,7 +42,7 @@ __all__ = [
     "set_up",
 ]
 
-CONCURRENCY_LIMIT = "segmind"
+CONCURRENCY_LIMIT = DEFAULT_LIMIT
 CREDENTIALS_BLOCK = "segmind-credentials"
 STORAGE_BLOCK = "segmind-outputs"
 DEFAULT_CONCURRENCY = 4
@@ -65,6 +62,8 @@ class SetupSettings:
         segmind_base_url: Segmind server of the ``segmind-credentials`` block
             (empty: Segmind's own, or ``SEGMIND_BASE_URL`` on the worker).
         work_pool: Name of the process work pool.
+        concurrency_limit: Name of the global concurrency limit (the credentials
+            block's ``concurrency_limit`` must name the same).
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
@@ -73,6 +72,7 @@ class SetupSettings:
     storage_endpoint_url: str | None = None
     segmind_base_url: str | None = None
     work_pool: str = WORK_POOL
+    concurrency_limit: str = CONCURRENCY_LIMIT
 
 
 def set_up(settings: SetupSettings) -> list[str]:
@@ -84,7 +84,14 @@ def set_up(settings: SetupSettings) -> list[str]:
             f"block types {SegmindCredentials.get_block_type_slug()}, "
             f"{ObjectStorage.get_block_type_slug()}: registered"
         )
-        done.append(_concurrency_limit(client, settings))
+        done.append(
+            ensure_concurrency_limit(
+                client,
+                settings.concurrency,
+                name=settings.concurrency_limit,
+                rate_per_minute=settings.rate_per_minute,
+            )
+        )
     for block_type in (SegmindCredentials, ObjectStorage):
         block_type.register_type_and_schema()
     done.append(
@@ -95,6 +102,7 @@ def set_up(settings: SetupSettings) -> list[str]:
     SegmindCredentials(
         api_key=api_key,
         base_url=settings.segmind_base_url,
+        concurrency_limit=settings.concurrency_limit,
     ).save(CREDENTIALS_BLOCK, overwrite=True)
     done.append(
         f"block {CREDENTIALS_BLOCK}: saved ("
@@ -125,32 +133,6 @@ def _work_pool(client: SyncPrefectClient, name: str) -> str:
     return f"work pool {name}: already there"
 
 
-def _concurrency_limit(client: SyncPrefectClient, settings: SetupSettings) -> str:
-    decay = None if settings.rate_per_minute is None else settings.rate_per_minute / 60
-    try:
-        existing = client.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
-    except ObjectNotFound:
-        client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(
-                name=CONCURRENCY_LIMIT,
-                limit=settings.concurrency,
-                slot_decay_per_second=decay or 0.0,
-            )
-        )
-        return f"concurrency limit {CONCURRENCY_LIMIT}: created with {settings.concurrency} slots"
-    if existing.limit == settings.concurrency and (existing.slot_decay_per_second or 0) == (
-        decay or 0
-    ):
-        return f"concurrency limit {CONCURRENCY_LIMIT}: already {settings.concurrency} slots"
-    client.update_global_concurrency_limit(
-        CONCURRENCY_LIMIT,
-        GlobalConcurrencyLimitUpdate(
-            limit=settings.concurrency, slot_decay_per_second=decay or 0.0
-        ),
-    )
-    return f"concurrency limit {CONCURRENCY_LIMIT}: set to {settings.concurrency} slots"
-
-
 def _arguments(argv: Sequence[str] | None) -> SetupSettings:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.setup",
@@ -167,6 +149,9 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
     parser.add_argument("--storage-endpoint-url", help="S3-compatible endpoint, if not AWS")
     parser.add_argument("--segmind-base-url", help="Segmind server (the emulator's URL offline)")
     parser.add_argument("--work-pool", default=WORK_POOL, help="process work pool name")
+    parser.add_argument(
+        "--limit-name", default=CONCURRENCY_LIMIT, help="global concurrency limit name"
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -179,6 +164,7 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
         storage_endpoint_url=args.storage_endpoint_url,
         segmind_base_url=args.segmind_base_url,
         work_pool=args.work_pool,
+        concurrency_limit=args.limit_name,
     )
 
 

@@ -22,6 +22,7 @@ starts, for bad arguments, an unreadable manifest or no API key).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,7 @@ from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
+from tasks.concurrency import ensure_concurrency_limit, require_concurrency_limit
 
 __all__ = ["MAX_CONCURRENCY", "BatchEndpoint", "BatchOutcome", "RowDefaults", "batch", "main"]
 
@@ -183,6 +185,7 @@ def batch(
     storage = storage if storage is not None else ObjectStorage()
     store = storage.get_store()
     defaults = defaults if defaults is not None else RowDefaults()
+    require_concurrency_limit((credentials or SegmindCredentials()).concurrency_limit)
     budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
     checked = load_manifest(
         manifest,
@@ -265,7 +268,7 @@ def _outcome(report: BatchReport, results_url: str) -> BatchOutcome:
 
 # --- the local run command -----------------------------------------------------------
 
-_FINAL_STATE_TYPES = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
+_FINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 _RECORDING_TIMEOUT_S = 120.0
 
 
@@ -292,24 +295,35 @@ def _prefect_api() -> Iterator[bool]:
         server.stop()
 
 
-def wait_for_task_run_records(flow_run_id: UUID, expected: int, timeout_s: float) -> int:
-    """Wait until the server has recorded ``expected`` finished task runs of the flow run.
+def wait_for_task_run_records(flow_run_id: UUID, expected: int | None, timeout_s: float) -> int:
+    """Wait until the server has recorded the flow run's task runs as finished.
 
     Task runs reach the server as events that it records in the background; a
-    server stopped before that is done loses them. Returns how many it has.
+    server stopped before that is done loses them. ``expected`` is how many the
+    run started; when unknown (the flow failed early), waits until none of those
+    recorded is unfinished. Returns how many finished ones the server has.
     """
     EventsWorker.drain_all()
-    body = {
-        "flow_runs": {"id": {"any_": [str(flow_run_id)]}},
-        "task_runs": {"state": {"type": {"any_": _FINAL_STATE_TYPES}}},
-    }
+    flow_runs = {"id": {"any_": [str(flow_run_id)]}}
+    finished = {"flow_runs": flow_runs, "task_runs": {"state": {"type": {"any_": _FINAL}}}}
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
-            recorded = int(client.request("POST", "/task_runs/count", json=body).json())
-            if recorded >= expected or time.monotonic() > deadline:
+            recorded = int(client.request("POST", "/task_runs/count", json=finished).json())
+            if expected is None:
+                everything = {"flow_runs": flow_runs}
+                total = int(client.request("POST", "/task_runs/count", json=everything).json())
+                done = recorded >= total
+            else:
+                done = recorded >= expected
+            if done or time.monotonic() > deadline:
                 return recorded
             time.sleep(0.1)  # polling the server's record, not waiting for time to pass
+
+
+def _storage_block_name(storage: ObjectStorage) -> str:
+    """A block name for the command's output location (one per location)."""
+    return f"batch-command-{hashlib.sha256(storage.location().encode()).hexdigest()[:12]}"
 
 
 def _bounded(
@@ -375,6 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with _prefect_api() as temporary:
+        if temporary:  # our own server: its limit matches this run's concurrency
+            with get_client(sync_client=True) as client:
+                ensure_concurrency_limit(client, args.max_concurrency)
+        # Saved, the block keeps Prefect's cache records beside the outputs, so the
+        # next run (another day, another machine) finds them there. No secret is in it.
+        storage.save(_storage_block_name(storage), overwrite=True)
         state = batch(
             manifest=args.manifest,
             storage=storage,
@@ -387,12 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         outcome = state.result(raise_on_failure=False)
         flow_run_id = state.state_details.flow_run_id
-        if temporary and isinstance(outcome, BatchOutcome) and flow_run_id is not None:
-            recorded = wait_for_task_run_records(flow_run_id, outcome.calls, _RECORDING_TIMEOUT_S)
-            if recorded < outcome.calls:
+        if temporary and flow_run_id is not None:
+            expected = outcome.calls if isinstance(outcome, BatchOutcome) else None
+            recorded = wait_for_task_run_records(flow_run_id, expected, _RECORDING_TIMEOUT_S)
+            if expected is not None and recorded < expected:
                 print(
                     f"warning: the local Prefect server recorded {recorded} of "
-                    f"{outcome.calls} task runs before it stopped",
+                    f"{expected} task runs before it stopped",
                     file=sys.stderr,
                 )
     if not isinstance(outcome, BatchOutcome):

@@ -44,15 +44,17 @@ class PImageEditOutcome(BaseModel):
 def output_names(images: list[str]) -> list[str]:
     """An output name per image: its file name's stem, made unique with a counter."""
     names: list[str] = []
-    seen: dict[str, int] = {}
     for image in images:
         stem = PurePosixPath(urlsplit(image).path).stem or "image"
         try:
             base = sanitise_key_part(stem)
         except ValueError:
             base = "image"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+        name, counter = base, 1
+        while name in names:  # a.png, a.png, a-2.png: a, a-2, a-2-2
+            counter += 1
+            name = f"{base}-{counter}"
+        names.append(name)
     return names
 
 

@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer
 from segmind_core.contract import get_endpoint
 from segmind_core.errors import InsufficientCreditsError, SegmindError
 from segmind_core.generation import EditResult
-from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestRow, RejectedRow
+from segmind_core.manifest import (
+    BACKGROUND_SUFFIX,
+    REPLACE_BACKGROUND_THEN_MERGE,
+    ManifestRow,
+    RejectedRow,
+)
 
 __all__ = [
     "BatchCall",
@@ -98,7 +103,7 @@ def first_call(row: ManifestRow) -> BatchCall:
             "flux-kontext-pro",
             _seeded({**params, "prompt": row.background_prompt}),
             {"input_image": row.images[0]},
-            f"{row.id}-background",
+            f"{row.id}{BACKGROUND_SUFFIX}",
         )
     fields = get_endpoint(row.endpoint).request_model.model_fields
     images: dict[str, str | list[str]]

@@ -30,6 +30,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -54,7 +55,13 @@ from segmind_core.errors import (
     UnexpectedResponseError,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "GeneratedImage", "RetryPolicy", "SegmindClient"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "GeneratedImage",
+    "RetryPolicy",
+    "SegmindClient",
+    "checked_api_key",
+]
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
 USER_AGENT = f"segmind-prefect-workflows/{__version__}"
@@ -134,6 +141,28 @@ class GeneratedImage:
     request_id: str | None
 
 
+def checked_api_key(api_key: str | SecretStr, label: str) -> SecretStr:
+    """The key without surrounding whitespace, refused when a header cannot carry it.
+
+    A key copied with a line break (a CRLF ``.env`` file, a mounted secret file)
+    would make the HTTP library quote it in its error: refused here, before any
+    call, with a message that does not contain it.
+
+    Raises:
+        AuthenticationError: no key, or one with spaces, controls or non-ASCII inside.
+    """
+    text = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    text = text.strip()
+    if not text:
+        raise AuthenticationError(f"no Segmind API key in {label}")
+    if not all("!" <= character <= "~" for character in text):
+        raise AuthenticationError(
+            f"the Segmind API key in {label} contains a space, a control character or "
+            "non-ASCII text, which an HTTP header cannot carry: check how it was copied"
+        )
+    return SecretStr(text)
+
+
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """The default TLS settings of httpx, built once per process.
@@ -157,6 +186,8 @@ class SegmindClient:
         logger: Where retries are logged (a Prefect run logger inside tasks).
         transport: An httpx transport, for the rare test that needs one.
         sleep: Called to wait between attempts.
+        attempt_slot: Held around each HTTP attempt (not while waiting to retry): a
+            Prefect global concurrency slot, so many workers stay under one limit.
 
     Example:
         >>> with SegmindClient(api_key="...") as client:  # doctest: +SKIP
@@ -175,16 +206,16 @@ class SegmindClient:
         logger: LoggerLike | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        attempt_slot: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        if not self._api_key.get_secret_value():
-            raise AuthenticationError(f"no Segmind API key in {credentials_label}")
+        self._api_key = checked_api_key(api_key, credentials_label)
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.credentials_label = credentials_label
         self.read_timeout_s = read_timeout_s
         self._logger: LoggerLike = logger or logging.getLogger(__name__)
         self._sleep = sleep
+        self._attempt_slot = attempt_slot or nullcontext
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not crypto
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -283,15 +314,18 @@ class SegmindClient:
         slug = endpoint.slug
         headers = {"x-api-key": self._api_key.get_secret_value()}
         try:
-            response = self._http.post(f"/v1/{slug}", json=payload, headers=headers)
+            with self._attempt_slot():
+                response = self._http.post(f"/v1/{slug}", json=payload, headers=headers)
         except httpx.TimeoutException as exc:
             raise NetworkError(
                 f"no complete answer from Segmind within the timeout "
                 f"({type(exc).__name__}; read timeout {self.read_timeout_s:g} s)"
             ) from None
         except httpx.TransportError as exc:
+            # Never the transport's text as is: h11 quotes bad header values (the key).
+            detail = str(exc).replace(self._api_key.get_secret_value(), "[API key]")
             raise NetworkError(
-                f"the connection to Segmind failed ({type(exc).__name__}: {exc})"
+                f"the connection to Segmind failed ({type(exc).__name__}: {detail})"
             ) from None
         if response.status_code != 200:
             raise self._error_for(endpoint, response)

@@ -47,6 +47,7 @@ from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import sanitise_key_part
 
 __all__ = [
+    "BACKGROUND_SUFFIX",
     "BATCH_ENDPOINTS",
     "REPLACE_BACKGROUND_THEN_MERGE",
     "Manifest",
@@ -56,11 +57,14 @@ __all__ = [
     "check_manifest_text",
     "check_rows",
     "load_manifest",
+    "output_names",
     "parse_manifest",
     "read_manifest",
 ]
 
 REPLACE_BACKGROUND_THEN_MERGE = "replace_background_then_merge"
+BACKGROUND_SUFFIX = "-background"
+"""Added to a replace_background_then_merge row's id to name its intermediate image."""
 _FIXED_COLUMNS = ("id", "endpoint", "prompt", "images", "background_prompt")
 _ROW_FIELDS = frozenset({*_FIXED_COLUMNS, "params"})
 _IMAGE_SEPARATOR = "|"
@@ -310,15 +314,17 @@ def _check_rows(
                 )
             )
             continue
-        key = sanitise_key_part(row.id)
-        if key in seen:
+        names = [sanitise_key_part(name) for name in output_names(row)]
+        taken = [name for name in names if name in seen]
+        if taken:
             problem = (
-                f"line {line} ({row.id}): id repeats line {seen[key]} "
-                "(ids must be unique, also after sanitising)"
+                f"line {line} ({row.id}): its output name {taken[0]} is taken by line "
+                f"{seen[taken[0]]} (ids must be unique, also after sanitising; a "
+                f"{REPLACE_BACKGROUND_THEN_MERGE} row also uses ID{BACKGROUND_SUFFIX})"
             )
             rejected.append(RejectedRow(line, row.id, (problem,), row.endpoint))
             continue
-        seen[key] = line
+        seen.update(dict.fromkeys(names, line))
         rows.append(row)
     return Manifest("", rows, rejected)
 
@@ -326,6 +332,13 @@ def _check_rows(
 def _check_default_endpoint(default_endpoint: str | None) -> None:
     if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
         raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
+
+
+def output_names(row: ManifestRow) -> list[str]:
+    """The names the row's outputs are stored under: its id, and the intermediate's."""
+    if row.endpoint == REPLACE_BACKGROUND_THEN_MERGE:
+        return [row.id, f"{row.id}{BACKGROUND_SUFFIX}"]
+    return [row.id]
 
 
 def _known() -> str:

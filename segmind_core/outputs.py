@@ -36,11 +36,18 @@ _PILLOW_FORMATS = {"PNG": OutputFormat.PNG, "JPEG": OutputFormat.JPG}
 def sanitise_key_part(text: str) -> str:
     """Lower-case letters, digits, ``.``, ``_`` and ``-`` only; at most 120 characters.
 
+    A longer name keeps its beginning and ends with a digest of the whole, so
+    names that differ only at the end (``-background``, a time stamp) never
+    share a key.
+
     Raises:
         ValueError: when nothing usable is left (``""``, ``".."``, ``"///"``).
     """
     clean = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip(".-_")
-    clean = re.sub(r"-{2,}", "-", clean)[:_MAX_PART].rstrip(".-_")
+    clean = re.sub(r"-{2,}", "-", clean)
+    if len(clean) > _MAX_PART:
+        digest = hashlib.sha256(clean.encode()).hexdigest()[:16]
+        clean = f"{clean[: _MAX_PART - 17].rstrip('.-_')}-{digest}"
     if not clean:
         raise ValueError(f"{text!r} leaves nothing usable as a storage key")
     return clean

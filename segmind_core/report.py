@@ -89,7 +89,8 @@ p {{ font-size: 0.85rem; color: #555; }}
 
 def _md(text: object) -> str:
     """``text`` safe inside Markdown (tables, links): special characters escaped."""
-    return re.sub(r"([\\`*_\[\]<>|#!])", r"\\\1", str(text).replace("\n", " "))
+    flat = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))  # line breaks and other controls
+    return re.sub(r"([\\`*_\[\]<>|#!])", r"\\\1", flat)
 
 
 def render_batch_estimate_markdown(

@@ -96,16 +96,15 @@ class SegmindRequestCachePolicy(CachePolicy):
             store = storage.get_store() if storage is not None else None
             key = "segmind-" + request_digest(spec, input_identities(spec, store))
             if storage is None or storage._block_document_id is None:
-                where = store if store is not None else ObjectStorage().get_store()
-                key += "-" + storage_location_tag(where)
+                key += "-" + storage_location_tag(storage or ObjectStorage())
             return key
         except (SegmindError, ValueError, OSError):
             return None
 
 
-def storage_location_tag(store: ObjectStore) -> str:
-    """A short, stable name of where ``store`` writes (its filesystem and absolute root)."""
-    return hashlib.sha256(f"{store.protocol}://{store.root}".encode()).hexdigest()[:16]
+def storage_location_tag(storage: ObjectStorage) -> str:
+    """A short, stable name of where ``storage`` writes (`ObjectStorage.location`)."""
+    return hashlib.sha256(storage.location().encode()).hexdigest()[:16]
 
 
 def request_cache_policy(build_spec: Callable[[dict[str, Any]], RequestSpec]) -> CachePolicy:

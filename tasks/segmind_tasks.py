@@ -47,6 +47,7 @@ from segmind_core.images import ImageInput
 from segmind_core.outputs import OutputStore
 from segmind_core.request_spec import RequestSpec
 from tasks.caching import request_cache_policy
+from tasks.concurrency import segmind_call_slot
 
 __all__ = [
     "TASK_RETRIES",
@@ -99,7 +100,8 @@ def _generate(
     logger = get_run_logger()
     credentials = credentials if credentials is not None else SegmindCredentials()
     storage = storage if storage is not None else ObjectStorage()
-    with credentials.get_client(logger=logger) as client:
+    slot = segmind_call_slot(credentials.concurrency_limit)
+    with credentials.get_client(logger=logger, attempt_slot=slot) as client:
         stored = generate_and_store(
             client,
             spec,

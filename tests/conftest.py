@@ -21,6 +21,7 @@ from emulator import SegmindEmulator
 from tests.support import API_KEY
 
 EmulatorFactory = Callable[..., SegmindEmulator]
+HARNESS_SLOTS = 100
 
 
 @pytest.fixture
@@ -57,9 +58,16 @@ def api(emulator: SegmindEmulator) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A temporary Prefect server and database for the session (~18 s to start, once)."""
+    from prefect import get_client
     from prefect.testing.utilities import prefect_test_harness
 
+    from tasks.concurrency import ensure_concurrency_limit
+
     with prefect_test_harness(server_startup_timeout=120):
+        # The endpoint tasks hold a slot of ``segmind`` per call when a server is
+        # configured; this one is large enough never to make a test wait.
+        with get_client(sync_client=True) as client:
+            ensure_concurrency_limit(client, HARNESS_SLOTS)
         yield
 
 

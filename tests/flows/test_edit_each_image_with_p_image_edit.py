@@ -298,3 +298,7 @@ def test_the_parameter_schema_offers_the_choices_and_bounds() -> None:
     assert (seed["minimum"], seed["maximum"]) == (0, 999_999_999_999_999)
     assert properties["disable_safety_checker"]["default"] is False
     assert all(prop.get("description") for prop in properties.values())
+
+
+def test_output_names_never_repeat() -> None:
+    assert output_names(["a.png", "x/a.png", "a-2.png", "b.jpg"]) == ["a", "a-2", "a-2-2", "b"]

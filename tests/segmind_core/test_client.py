@@ -908,3 +908,21 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_retry_policy_rejects_bad_values(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["sk-SECRET\r\n-9", "sk SECRET", "sk-SECRET-\u00e9", "\n"])
+def test_a_key_a_header_cannot_carry_is_refused_without_being_quoted(bad: str) -> None:
+    from segmind_core.client import checked_api_key
+
+    with pytest.raises(AuthenticationError) as refused:
+        SegmindClient(api_key=bad, base_url="http://127.0.0.1:9")
+    assert bad.strip() not in str(refused.value) or not bad.strip()
+    with pytest.raises(AuthenticationError):
+        checked_api_key(bad, "the test")
+
+
+def test_surrounding_whitespace_of_a_key_is_dropped() -> None:
+    from segmind_core.client import checked_api_key
+
+    # A CRLF .env file leaves "\r" at the end: dropped, like the other surrounding blanks.
+    assert checked_api_key("  sk-abc\r\n", "the test").get_secret_value() == "sk-abc"

@@ -1448,3 +1448,31 @@ def test_an_s3_manifest_without_credentials_cannot_be_read(
 
     (problem,) = caught.value.problems
     assert problem.startswith("cannot read it: ")
+
+
+def test_an_id_that_names_another_rows_intermediate_is_rejected() -> None:
+    text = "\n".join(
+        json.dumps(row)
+        for row in (
+            {
+                "id": "scene",
+                "endpoint": "replace_background_then_merge",
+                "prompt": "merge",
+                "background_prompt": "a beach",
+                "images": ["https://example.com/a.png", "https://example.com/b.png"],
+            },
+            {
+                "id": "Scene-Background",
+                "endpoint": "flux-kontext-pro",
+                "prompt": "edit",
+                "images": ["https://example.com/c.png"],
+            },
+        )
+    )
+
+    manifest = check_manifest_text(text, fmt="jsonl")
+
+    assert [row.id for row in manifest.rows] == ["scene"]
+    (rejected,) = manifest.rejected
+    assert rejected.line == 2
+    assert "scene-background is taken by line 1" in rejected.reason

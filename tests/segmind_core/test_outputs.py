@@ -296,13 +296,23 @@ def test_save_refuses_bytes_that_are_no_image_with_value_error(tmp_path: Path, d
         ("日本語 job", "job"),
         ("../../etc/passwd", "etc-passwd"),
         ("..hidden", "hidden"),
-        ("x" * 200, "x" * 120),
-        ("a" * 119 + "-bcd", "a" * 119),
+        ("x" * 120, "x" * 120),
         ("sha256:0123abcd", "sha256-0123abcd"),
     ],
 )
 def test_sanitise_key_part(text: str, expected: str) -> None:
     assert sanitise_key_part(text) == expected
+
+
+def test_a_long_part_keeps_its_start_and_ends_with_a_digest_of_the_whole() -> None:
+    long_id = "sku-" + "x" * 130
+    digest = hashlib.sha256(long_id.encode()).hexdigest()[:16]
+
+    assert sanitise_key_part(long_id) == f"{long_id[:103]}-{digest}"
+    # What follows the cut still tells names apart: an intermediate, a time stamp.
+    names = {sanitise_key_part(long_id + suffix) for suffix in ("", "-background", "-t1", "-t2")}
+    assert len(names) == 4
+    assert all(len(name) == 120 for name in names)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "..", "../..", "///", "日本語", "-_.", "\n\t"])

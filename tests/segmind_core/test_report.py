@@ -490,3 +490,13 @@ def test_results_gallery_links_read_the_outputs_from_s3(s3: S3Server) -> None:
         response = client.get(match.group(1))
     assert response.status_code == 200
     assert response.content == b"\x89PNG-not-really"
+
+
+def test_control_characters_cannot_break_out_of_a_markdown_table_row() -> None:
+    from segmind_core.report import _md
+
+    escaped = _md("a\rb\n# heading\x00|c")
+
+    for control in ("\r", "\n", "\x00"):
+        assert control not in escaped
+    assert escaped == "a b \\# heading \\|c"

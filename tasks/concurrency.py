@@ -1,0 +1,115 @@
+"""The shared limit on Segmind calls: one slot of a Prefect global concurrency limit per call.
+
+Every endpoint task holds a slot of the credentials block's
+``concurrency_limit`` (``segmind`` by default) around each HTTP attempt, so
+all workers of one Prefect server together keep at most that many calls in
+flight. With a Prefect server configured (``PREFECT_API_URL``) the limit must
+exist: a missing one is an error that says how to create it, never a silent
+pass. Without a server (Prefect's temporary one in a single process), there is
+nothing to share and no slot is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+from segmind_core.errors import PermanentError
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MissingConcurrencyLimitError",
+    "ensure_concurrency_limit",
+    "require_concurrency_limit",
+    "segmind_call_slot",
+]
+
+DEFAULT_LIMIT = "segmind"
+
+
+class MissingConcurrencyLimitError(PermanentError):
+    """The Prefect server has no global concurrency limit of the configured name."""
+
+
+def segmind_call_slot(limit: str | None) -> Callable[[], AbstractContextManager[object]]:
+    """What the client holds around each attempt: a slot of ``limit``, or nothing."""
+    if not limit or not PREFECT_API_URL.value():
+        return nullcontext
+
+    def slot() -> AbstractContextManager[object]:
+        return _strict_slot(limit)
+
+    return slot
+
+
+def require_concurrency_limit(limit: str | None) -> None:
+    """Fail now, before anything is paid, when the calls would need a limit that is missing.
+
+    Raises:
+        MissingConcurrencyLimitError: a Prefect server is configured and has no ``limit``.
+    """
+    if not limit or not PREFECT_API_URL.value():
+        return
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            raise MissingConcurrencyLimitError(
+                f"the Prefect server has no global concurrency limit {limit!r}: create it with "
+                "`python -m deployments.setup`, or empty the credentials block's "
+                "concurrency_limit"
+            ) from None
+
+
+@contextmanager
+def _strict_slot(limit: str) -> Iterator[None]:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(limit, occupy=1, strict=True))
+        except ConcurrencySlotAcquisitionError as exc:
+            raise MissingConcurrencyLimitError(
+                f"no slot of the Prefect global concurrency limit {limit!r} "
+                f"({type(exc).__name__}: {exc}); create it with `python -m deployments.setup`, "
+                "or empty the credentials block's concurrency_limit"
+            ) from None
+        yield
+
+
+def ensure_concurrency_limit(
+    client: SyncPrefectClient,
+    slots: int,
+    *,
+    name: str = DEFAULT_LIMIT,
+    rate_per_minute: float | None = None,
+) -> str:
+    """Create the global limit ``name`` with ``slots``, or update it; says what it did.
+
+    ``rate_per_minute`` also makes slots decay at that rate, which caps calls per
+    minute across all workers.
+    """
+    decay = 0.0 if rate_per_minute is None else rate_per_minute / 60
+    try:
+        existing = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=slots, slot_decay_per_second=decay)
+        )
+        return f"concurrency limit {name}: created with {slots} slots"
+    if existing.limit == slots and (existing.slot_decay_per_second or 0.0) == decay:
+        return f"concurrency limit {name}: already {slots} slots"
+    client.update_global_concurrency_limit(
+        name, GlobalConcurrencyLimitUpdate(limit=slots, slot_decay_per_second=decay)
+    )
+    return f"concurrency limit {name}: set to {slots} slots"

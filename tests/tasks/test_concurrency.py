@@ -1,0 +1,104 @@
+"""Every Segmind call holds a slot of the Prefect global concurrency limit while in flight."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+from prefect import flow, get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from blocks import ObjectStorage, SegmindCredentials
+from flows.batch import batch
+from tasks import edit_images_with_p_image_edit
+from tasks.concurrency import (
+    MissingConcurrencyLimitError,
+    ensure_concurrency_limit,
+    segmind_call_slot,
+)
+from tests.conftest import EmulatorFactory
+from tests.support import API_KEY, image_bytes
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run_six_calls_at_once(credentials: SegmindCredentials, tmp_path: Path, offset: int) -> None:
+    storage = ObjectStorage(base_url=str(tmp_path / f"out-{offset}"))
+    photo = image_bytes(size=(64, 48))
+
+    @flow
+    def six() -> None:
+        futures = [
+            edit_images_with_p_image_edit.submit(
+                "slots", [photo], seed=offset + i, credentials=credentials, storage=storage
+            )
+            for i in range(6)
+        ]
+        for future in futures:
+            future.result()
+
+    six()
+
+
+def test_calls_of_all_tasks_together_stay_under_the_limit(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = start_emulator(latency_s=0.3)
+    with get_client(sync_client=True) as client:
+        ensure_concurrency_limit(client, 2, name="segmind-two-slots")
+    limited = SegmindCredentials(
+        api_key=API_KEY, base_url=emulator.url, concurrency_limit="segmind-two-slots"
+    )
+
+    run_six_calls_at_once(limited, tmp_path, offset=610_000)
+
+    stats = emulator.stats()
+    assert stats["billed"] == 6
+    assert 1 <= stats["max_in_flight"] <= 2
+
+    # The same six calls without a limit run side by side: the bound above was the limit's.
+    emulator.reset()
+    unlimited = limited.model_copy(update={"concurrency_limit": None})
+    run_six_calls_at_once(unlimited, tmp_path, offset=620_000)
+    assert emulator.stats()["max_in_flight"] > 2
+
+
+def test_a_missing_limit_is_an_error_before_anything_is_paid(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = start_emulator()
+    credentials = SegmindCredentials(
+        api_key=API_KEY, base_url=emulator.url, concurrency_limit="no-such-limit"
+    )
+    storage = ObjectStorage(base_url=str(tmp_path))
+
+    @flow
+    def one() -> None:
+        edit_images_with_p_image_edit(
+            "slots",
+            [image_bytes(size=(64, 48))],
+            seed=630_001,
+            credentials=credentials,
+            storage=storage,
+        )
+
+    with pytest.raises(MissingConcurrencyLimitError, match=r"no-such-limit.*deployments\.setup"):
+        one()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"id": "a", "endpoint": "flux-kontext-pro", "prompt": "x", "params": {"seed": 1}}\n'
+    )
+    state = batch(
+        manifest=str(manifest), storage=storage, credentials=credentials, return_state=True
+    )
+    assert state.is_failed()
+    assert "no-such-limit" in (state.message or "")
+    assert emulator.stats()["requests"] == 0
+
+
+def test_without_a_prefect_server_no_slot_is_taken() -> None:
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert segmind_call_slot("segmind") is nullcontext
+    assert segmind_call_slot(None) is nullcontext
+    assert segmind_call_slot("segmind") is not nullcontext
