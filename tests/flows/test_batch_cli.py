@@ -216,6 +216,18 @@ def test_the_catalogue_runs_and_the_last_line_is_the_results_manifest(
     assert recorded_runs(home, "flow_run") == {"COMPLETED": 1}
     assert recorded_runs(home, "task_run") == {"COMPLETED": 5}
 
+    # The next night, on a fresh machine (a new Prefect home), into the same output:
+    # the cache records were kept beside the outputs, so nothing is paid again.
+    again = run_command(
+        command_env(tmp_path / "fresh-home", emulator.url), CATALOGUE, "--output", output
+    )
+    assert again.returncode == 0, describe(again)
+    _, rows_again = results_manifest(again, output)
+    assert [row["cached"] for row in rows_again] == [True, True, True, True]
+    assert [row["cost_usd"] for row in rows_again] == [0, 0, 0, 0]
+    assert [row["output"] for row in rows_again] == [row["output"] for row in rows]
+    assert emulator.stats()["billed"] == 5
+
 
 @pytest.mark.timeout(300)
 def test_a_large_manifest_ends_cleanly_with_every_task_run_recorded(
