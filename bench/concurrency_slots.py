@@ -25,10 +25,31 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 import io
 
 from PIL import Image
+from prefect import flow, get_client
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks import ObjectStorage, SegmindCredentials
 from emulator import SegmindEmulator
+from flows.batch import _prefect_api
+from tasks import edit_images_with_p_image_edit
+from tasks.concurrency import ensure_concurrency_limit
 
 KEY = "bench-key"
+
+
+@flow
+def calls(
+    photo: bytes, n: int, offset: int, credentials: SegmindCredentials, storage: ObjectStorage
+) -> None:
+    """``n`` paid calls, all submitted at once (the task runner bounds them)."""
+    futures = [
+        edit_images_with_p_image_edit.submit(
+            "bench", [photo], seed=offset + i, credentials=credentials, storage=storage
+        )
+        for i in range(n)
+    ]
+    for future in futures:
+        future.result()
 
 
 def main() -> None:
@@ -39,29 +60,10 @@ def main() -> None:
     parser.add_argument("--submitted", type=int, default=8)
     args = parser.parse_args()
 
-    from prefect import flow, get_client
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from blocks import ObjectStorage, SegmindCredentials
-    from flows.batch import _prefect_api
-    from tasks import edit_images_with_p_image_edit
-    from tasks.concurrency import ensure_concurrency_limit
-
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (90, 140, 200)).save(buffer, format="JPEG")
     photo = buffer.getvalue()
     folder = tempfile.mkdtemp(prefix="bench-slots-")
-
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=args.submitted))  # type: ignore[arg-type]
-    def calls(n: int, offset: int, credentials: SegmindCredentials, storage: ObjectStorage) -> None:
-        futures = [
-            edit_images_with_p_image_edit.submit(
-                "bench", [photo], seed=offset + i, credentials=credentials, storage=storage
-            )
-            for i in range(n)
-        ]
-        for future in futures:
-            future.result()
 
     with SegmindEmulator(api_key=KEY, latency_s=args.latency) as emu, _prefect_api():
         with get_client(sync_client=True) as client:
@@ -74,7 +76,9 @@ def main() -> None:
 
             emu.reset()
             started = time.perf_counter()
-            calls(args.calls, offset, credentials, storage)
+            calls.with_options(
+                task_runner=ThreadPoolTaskRunner(max_workers=args.submitted)  # type: ignore[arg-type]
+            )(photo, args.calls, offset, credentials, storage)
             wall = time.perf_counter() - started
             stats = emu.stats()
             results[label] = wall
