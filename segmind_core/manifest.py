@@ -296,7 +296,7 @@ def _check_rows(
 ) -> Manifest:
     rows: list[ManifestRow] = []
     rejected: list[RejectedRow] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, bool]] = {}  # output name: (line, whether it is that row's id)
     for line, raw in raw_rows:
         if default_endpoint is not None and raw.get("endpoint") in (None, ""):
             raw = {**raw, "endpoint": default_endpoint}
@@ -315,16 +315,11 @@ def _check_rows(
             )
             continue
         names = [sanitise_key_part(name) for name in output_names(row)]
-        taken = [name for name in names if name in seen]
-        if taken:
-            problem = (
-                f"line {line} ({row.id}): its output name {taken[0]} is taken by line "
-                f"{seen[taken[0]]} (ids must be unique, also after sanitising; a "
-                f"{REPLACE_BACKGROUND_THEN_MERGE} row also uses ID{BACKGROUND_SUFFIX})"
-            )
+        problem = _name_clash(line, row.id, names, seen)
+        if problem is not None:
             rejected.append(RejectedRow(line, row.id, (problem,), row.endpoint))
             continue
-        seen.update(dict.fromkeys(names, line))
+        seen.update({name: (line, index == 0) for index, name in enumerate(names)})
         rows.append(row)
     return Manifest("", rows, rejected)
 
@@ -332,6 +327,23 @@ def _check_rows(
 def _check_default_endpoint(default_endpoint: str | None) -> None:
     if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
         raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
+
+
+def _name_clash(
+    line: int, row_id: str, names: list[str], seen: Mapping[str, tuple[int, bool]]
+) -> str | None:
+    """Why the row's output names clash with an earlier row's, or ``None``."""
+    label = f"line {line} ({row_id})"
+    for index, name in enumerate(names):
+        if name not in seen:
+            continue
+        other, is_id = seen[name]
+        if index == 0 and is_id:
+            return f"{label}: id repeats line {other} (ids must be unique, also after sanitising)"
+        if index == 0:
+            return f"{label}: id {name} names the intermediate image of line {other}"
+        return f"{label}: its intermediate image would be {name}, the id of line {other}"
+    return None
 
 
 def output_names(row: ManifestRow) -> list[str]:

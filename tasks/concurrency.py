@@ -75,14 +75,19 @@ def require_concurrency_limit(limit: str | None) -> None:
 
 @contextmanager
 def _strict_slot(limit: str) -> Iterator[None]:
+    """Hold one slot of ``limit``; the server enforces the bound across processes.
+
+    A full limit is waited for the Prefect way (the server's ``Retry-After``).
+    `bench/concurrency_slots.py` measures what that costs: see the README.
+    """
     with ExitStack() as stack:
         try:
             stack.enter_context(concurrency(limit, occupy=1, strict=True))
         except ConcurrencySlotAcquisitionError as exc:
             raise MissingConcurrencyLimitError(
-                f"no slot of the Prefect global concurrency limit {limit!r} "
-                f"({type(exc).__name__}: {exc}); create it with `python -m deployments.setup`, "
-                "or empty the credentials block's concurrency_limit"
+                f"no slot of the Prefect global concurrency limit {limit!r} ({exc}); "
+                "create it with `python -m deployments.setup`, or empty the credentials "
+                "block's concurrency_limit"
             ) from None
         yield
 

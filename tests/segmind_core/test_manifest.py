@@ -1475,4 +1475,4 @@ def test_an_id_that_names_another_rows_intermediate_is_rejected() -> None:
     assert [row.id for row in manifest.rows] == ["scene"]
     (rejected,) = manifest.rejected
     assert rejected.line == 2
-    assert "scene-background is taken by line 1" in rejected.reason
+    assert "id scene-background names the intermediate image of line 1" in rejected.reason
