@@ -17,7 +17,10 @@ from segmind_core.client import (
 )
 from segmind_core.errors import AuthenticationError
 
-__all__ = ["SegmindCredentials"]
+__all__ = ["CONCURRENCY_LIMIT_ENV", "DEFAULT_CONCURRENCY_LIMIT", "SegmindCredentials"]
+
+CONCURRENCY_LIMIT_ENV = "SEGMIND_CONCURRENCY_LIMIT"
+DEFAULT_CONCURRENCY_LIMIT = "segmind"
 
 API_KEY_ENV = "SEGMIND_API_KEY"
 BASE_URL_ENV = "SEGMIND_BASE_URL"
@@ -61,12 +64,13 @@ class SegmindCredentials(CredentialsBlock):
         ),
     )
     concurrency_limit: str | None = Field(
-        default="segmind",
+        default=None,
         title="Prefect concurrency limit",
         description=(
             "Global concurrency limit each call holds a slot of while in flight, shared by "
-            "every worker of one Prefect server (create it with python -m deployments.setup); "
-            "empty for none. Not used without a Prefect server (PREFECT_API_URL)."
+            "every worker of one Prefect server (create it with python -m deployments.setup). "
+            "Empty means SEGMIND_CONCURRENCY_LIMIT, then 'segmind'; that variable set to "
+            "nothing means none. Not used without a Prefect server (PREFECT_API_URL)."
         ),
     )
     connect_timeout_s: float = Field(
@@ -119,6 +123,15 @@ class SegmindCredentials(CredentialsBlock):
             f"no Segmind API key: set {API_KEY_ENV} or save a SegmindCredentials block "
             "with an API key"
         )
+
+    def resolved_concurrency_limit(self) -> str | None:
+        """The global concurrency limit the calls hold slots of, or ``None`` for none."""
+        if self.concurrency_limit:
+            return self.concurrency_limit
+        from_env = os.environ.get(CONCURRENCY_LIMIT_ENV)
+        if from_env is not None:
+            return from_env.strip() or None
+        return DEFAULT_CONCURRENCY_LIMIT
 
     def resolved_base_url(self) -> str:
         """The server root from this block, the environment, or Segmind's."""

@@ -185,7 +185,7 @@ def batch(
     storage = storage if storage is not None else ObjectStorage()
     store = storage.get_store()
     defaults = defaults if defaults is not None else RowDefaults()
-    require_concurrency_limit((credentials or SegmindCredentials()).concurrency_limit)
+    require_concurrency_limit((credentials or SegmindCredentials()).resolved_concurrency_limit())
     budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
     checked = load_manifest(
         manifest,

@@ -1,8 +1,9 @@
 """The shared limit on Segmind calls: one slot of a Prefect global concurrency limit per call.
 
-Every endpoint task holds a slot of the credentials block's
-``concurrency_limit`` (``segmind`` by default) around each HTTP attempt, so
-all workers of one Prefect server together keep at most that many calls in
+Every endpoint task holds a slot of the credentials block's limit
+(`SegmindCredentials.resolved_concurrency_limit`: its ``concurrency_limit``,
+else ``SEGMIND_CONCURRENCY_LIMIT``, else ``segmind``) around each HTTP
+attempt, so all workers of one Prefect server together keep at most that many calls in
 flight. With a Prefect server configured (``PREFECT_API_URL``) the limit must
 exist: a missing one is an error that says how to create it, never a silent
 pass. Without a server (Prefect's temporary one in a single process), there is
@@ -24,6 +25,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
+from blocks.segmind_credentials import DEFAULT_CONCURRENCY_LIMIT
 from segmind_core.errors import PermanentError
 
 __all__ = [
@@ -34,7 +36,7 @@ __all__ = [
     "segmind_call_slot",
 ]
 
-DEFAULT_LIMIT = "segmind"
+DEFAULT_LIMIT = DEFAULT_CONCURRENCY_LIMIT
 
 
 class MissingConcurrencyLimitError(PermanentError):

@@ -55,6 +55,19 @@ def api(emulator: SegmindEmulator) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_shared_limit_by_default() -> Iterator[None]:
+    """Calls take no slot of a global concurrency limit unless a test names one.
+
+    A slot costs two or three Prefect API calls per attempt, which would double
+    the time of every call against the zero-latency emulator. The limit has its
+    own tests (tests/tasks/test_concurrency.py) and benchmark.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGMIND_CONCURRENCY_LIMIT", "")
+        yield
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A temporary Prefect server and database for the session (~18 s to start, once)."""

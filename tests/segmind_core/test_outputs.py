@@ -348,7 +348,13 @@ def test_sanitised_parts_are_safe(text: str) -> None:
             "replace-background/2026-11-30/job-42.png",
         ),
         ("a/b", date(2026, 1, 2), "../../evil", OutputFormat.PNG, "a-b/2026-01-02/evil.png"),
-        ("F", date(2026, 7, 8), "N" * 300, OutputFormat.JPG, f"f/2026-07-08/{'n' * 120}.jpg"),
+        (
+            "F",
+            date(2026, 7, 8),
+            "N" * 300,
+            OutputFormat.JPG,
+            f"f/2026-07-08/{'n' * 103}-{hashlib.sha256(b'n' * 300).hexdigest()[:16]}.jpg",
+        ),
     ],
 )
 def test_output_key(flow: str, day: date, name: str, fmt: OutputFormat, expected: str) -> None:

@@ -60,6 +60,7 @@ def test_calls_of_all_tasks_together_stay_under_the_limit(
     # The same six calls without a limit run side by side: the bound above was the limit's.
     emulator.reset()
     unlimited = limited.model_copy(update={"concurrency_limit": None})
+    assert unlimited.resolved_concurrency_limit() is None  # SEGMIND_CONCURRENCY_LIMIT is ""
     run_six_calls_at_once(unlimited, tmp_path, offset=620_000)
     assert emulator.stats()["max_in_flight"] > 2
 
@@ -102,3 +103,15 @@ def test_without_a_prefect_server_no_slot_is_taken() -> None:
         assert segmind_call_slot("segmind") is nullcontext
     assert segmind_call_slot(None) is nullcontext
     assert segmind_call_slot("segmind") is not nullcontext
+
+
+def test_the_limit_comes_from_the_block_then_the_environment_then_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert SegmindCredentials(concurrency_limit="mine").resolved_concurrency_limit() == "mine"
+    monkeypatch.setenv("SEGMIND_CONCURRENCY_LIMIT", "from-env")
+    assert SegmindCredentials().resolved_concurrency_limit() == "from-env"
+    monkeypatch.setenv("SEGMIND_CONCURRENCY_LIMIT", "")
+    assert SegmindCredentials().resolved_concurrency_limit() is None
+    monkeypatch.delenv("SEGMIND_CONCURRENCY_LIMIT")
+    assert SegmindCredentials().resolved_concurrency_limit() == "segmind"
