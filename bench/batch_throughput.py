@@ -4,7 +4,9 @@ Run: ``python bench/batch_throughput.py [--rows 200] [--latency 0.5]
 [--concurrency 1 8 32]``. An in-process emulator answers every call after
 ``--latency`` seconds (the real service takes 7 to 23 s); outputs go to a
 temporary folder; Prefect runs on a temporary local server started the way
-``python -m flows.batch`` starts it. Each row is a p-image-edit call with a
+``python -m flows.batch`` starts it (so no shared limit, unless
+``--shared-limit``: then every call holds a slot of ``segmind``, as on a
+worker). Each row is a p-image-edit call with a
 fresh seed, so every call is paid (nothing from the cache). Prints numbers only.
 """
 
@@ -58,11 +60,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--shared-limit",
+        action="store_true",
+        help="hold a slot of the segmind global concurrency limit per call, as workers do",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
+    from prefect import get_client
+
     from blocks import ObjectStorage, SegmindCredentials
     from flows.batch import _prefect_api, batch, wait_for_task_run_records
+    from tasks.concurrency import ensure_concurrency_limit
 
     print(f"import prefect and the flows: {time.perf_counter() - started:.2f} s")
     folder = Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -72,6 +82,10 @@ def main() -> None:
         started = time.perf_counter()
         with _prefect_api():
             print(f"temporary Prefect server start: {time.perf_counter() - started:.2f} s")
+            if args.shared_limit:  # as a worker on a real server would hold it
+                os.environ.pop("SEGMIND_CONCURRENCY_LIMIT", None)
+                with get_client(sync_client=True) as client:
+                    ensure_concurrency_limit(client, max(args.concurrency))
             for concurrency in args.concurrency:
                 manifest = write_manifest(folder, args.rows, uuid.uuid4().int % 10**12)
                 emu.reset()

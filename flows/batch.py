@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +42,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.object_storage import ObjectStorage
-from blocks.segmind_credentials import SegmindCredentials
+from blocks.segmind_credentials import CONCURRENCY_LIMIT_ENV, SegmindCredentials
 from flows.common import MAX_CONCURRENCY, SEED_MAX, endpoint_caller, run_file_key
 from segmind_core.batch import (
     BatchReport,
@@ -54,7 +55,7 @@ from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
-from tasks.concurrency import ensure_concurrency_limit, require_concurrency_limit
+from tasks.concurrency import require_concurrency_limit
 
 __all__ = ["MAX_CONCURRENCY", "BatchEndpoint", "BatchOutcome", "RowDefaults", "batch", "main"]
 
@@ -280,6 +281,10 @@ def _prefect_api() -> Iterator[bool]:
     on its own, but stop it at exit while it is still recording the last task
     runs (``Error flushing N events``, task runs left Running); starting it here
     lets the command wait for the records first.
+
+    A temporary server serves this process alone, so the calls take no slot of
+    a shared concurrency limit (``SEGMIND_CONCURRENCY_LIMIT`` is empty meanwhile):
+    ``--max-concurrency`` is the bound, and a slot costs Prefect API calls.
     """
     if PREFECT_API_URL.value():
         yield False
@@ -288,10 +293,16 @@ def _prefect_api() -> Iterator[bool]:
 
     server = SubprocessASGIServer()
     server.start(timeout=get_current_settings().server.ephemeral.startup_timeout_seconds)
+    previous_limit = os.environ.get(CONCURRENCY_LIMIT_ENV)
+    os.environ[CONCURRENCY_LIMIT_ENV] = ""
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield True
     finally:
+        if previous_limit is None:
+            del os.environ[CONCURRENCY_LIMIT_ENV]
+        else:
+            os.environ[CONCURRENCY_LIMIT_ENV] = previous_limit
         server.stop()
 
 
@@ -389,9 +400,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with _prefect_api() as temporary:
-        if temporary:  # our own server: its limit matches this run's concurrency
-            with get_client(sync_client=True) as client:
-                ensure_concurrency_limit(client, args.max_concurrency)
         # Saved, the block keeps Prefect's cache records beside the outputs, so the
         # next run (another day, another machine) finds them there. No secret is in it.
         storage.save(_storage_block_name(storage), overwrite=True)
