@@ -22,7 +22,6 @@ starts, for bad arguments, an unreadable manifest or no API key).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -55,6 +54,7 @@ from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
+from tasks.caching import storage_location_tag
 from tasks.concurrency import require_concurrency_limit
 
 __all__ = ["MAX_CONCURRENCY", "BatchEndpoint", "BatchOutcome", "RowDefaults", "batch", "main"]
@@ -334,7 +334,7 @@ def wait_for_task_run_records(flow_run_id: UUID, expected: int | None, timeout_s
 
 def _storage_block_name(storage: ObjectStorage) -> str:
     """A block name for the command's output location (one per location)."""
-    return f"batch-command-{hashlib.sha256(storage.location().encode()).hexdigest()[:12]}"
+    return f"batch-command-{storage_location_tag(storage)}"
 
 
 def _bounded(
