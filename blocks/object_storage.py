@@ -7,8 +7,9 @@ from typing import Any
 
 import anyio.to_thread
 from prefect.filesystems import WritableFileSystem
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
+from blocks.reference_schema import referenceable_block_schema
 from segmind_core.object_store import ObjectStore
 
 __all__ = ["ObjectStorage"]
@@ -34,6 +35,8 @@ class ObjectStorage(WritableFileSystem):
         ```
     """
 
+    # A saved block can be chosen in a run form: see blocks/reference_schema.py.
+    model_config = ConfigDict(json_schema_extra=referenceable_block_schema)
     _block_type_name = "Segmind Object Storage"
     _block_type_slug = "segmind-object-storage"
     _documentation_url = "https://filesystem-spec.readthedocs.io/"  # type: ignore[assignment]

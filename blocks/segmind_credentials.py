@@ -6,8 +6,9 @@ import os
 from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
+from blocks.reference_schema import referenceable_block_schema
 from segmind_core.client import (
     DEFAULT_BASE_URL,
     LoggerLike,
@@ -45,6 +46,8 @@ class SegmindCredentials(CredentialsBlock):
         ```
     """
 
+    # A saved block can be chosen in a run form: see blocks/reference_schema.py.
+    model_config = ConfigDict(json_schema_extra=referenceable_block_schema)
     _block_type_name = "Segmind Credentials"
     _block_type_slug = "segmind-credentials"
     _documentation_url = "https://docs.segmind.com/docs/get-started/authentication"  # type: ignore[assignment]

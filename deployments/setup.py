@@ -10,7 +10,10 @@
   workers' AWS environment supplies them);
 - the global concurrency limit ``segmind`` exists with ``--concurrency`` slots
   (``SEGMIND_CONCURRENCY``, 4 by default), and ``--rate-per-minute`` slots
-  decaying per second when a rate is asked for.
+  decaying per second when a rate is asked for;
+- with ``--point-deployments-at-blocks`` (after ``prefect deploy --all``), the
+  deployments' ``storage`` and ``credentials`` default to those two blocks, so
+  a scheduled run or a UI quick run writes to the bucket with the saved key.
 
 Running it again changes only what differs from what was asked.
 """
@@ -24,13 +27,13 @@ from dataclasses import dataclass
 
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from deployments.definitions import WORK_POOL
+from deployments.definitions import DEPLOYMENTS, WORK_POOL
 from tasks.concurrency import DEFAULT_LIMIT, ensure_concurrency_limit
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "STORAGE_BLOCK",
     "SetupSettings",
     "main",
+    "point_deployments_at_blocks",
     "set_up",
 ]
 
@@ -64,6 +68,8 @@ class SetupSettings:
         work_pool: Name of the process work pool.
         concurrency_limit: Name of the global concurrency limit (the credentials
             block's ``concurrency_limit`` must name the same).
+        point_deployments_at_blocks: Also make the two blocks the default ``storage``
+            and ``credentials`` of this project's deployments (which must exist).
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
@@ -73,6 +79,7 @@ class SetupSettings:
     segmind_base_url: str | None = None
     work_pool: str = WORK_POOL
     concurrency_limit: str = CONCURRENCY_LIMIT
+    point_deployments_at_blocks: bool = False
 
 
 def set_up(settings: SetupSettings) -> list[str]:
@@ -80,10 +87,6 @@ def set_up(settings: SetupSettings) -> list[str]:
     done: list[str] = []
     with get_client(sync_client=True) as client:
         done.append(_work_pool(client, settings.work_pool))
-        done.append(
-            f"block types {SegmindCredentials.get_block_type_slug()}, "
-            f"{ObjectStorage.get_block_type_slug()}: registered"
-        )
         done.append(
             ensure_concurrency_limit(
                 client,
@@ -113,6 +116,46 @@ def set_up(settings: SetupSettings) -> list[str]:
         STORAGE_BLOCK, overwrite=True
     )
     done.append(f"block {STORAGE_BLOCK}: saved ({settings.storage_url})")
+    if settings.point_deployments_at_blocks:
+        with get_client(sync_client=True) as client:
+            done.extend(point_deployments_at_blocks(client))
+    return done
+
+
+def point_deployments_at_blocks(client: SyncPrefectClient) -> list[str]:
+    """Make the saved blocks the default ``storage`` and ``credentials`` of our deployments.
+
+    The defaults are block references (``{"$ref": {"block_document_id": ...}}``,
+    what the UI's block picker sends), never the blocks' contents: no secret
+    enters a deployment's parameters.
+    """
+    references = {}
+    for parameter, block_type, name in (
+        ("storage", ObjectStorage, STORAGE_BLOCK),
+        ("credentials", SegmindCredentials, CREDENTIALS_BLOCK),
+    ):
+        document = client.read_block_document_by_name(
+            name, block_type_slug=block_type.get_block_type_slug(), include_secrets=False
+        )
+        references[parameter] = {"$ref": {"block_document_id": str(document.id)}}
+    ours = {definition.entrypoint for definition in DEPLOYMENTS}
+    done = []
+    for deployment in client.read_deployments():
+        if deployment.entrypoint not in ours:
+            continue
+        accepted = (deployment.parameter_openapi_schema or {}).get("properties", {})
+        wanted = {k: v for k, v in references.items() if k in accepted}
+        if all(deployment.parameters.get(k) == v for k, v in wanted.items()):
+            done.append(
+                f"deployment {deployment.name} of {deployment.entrypoint}: already uses the blocks"
+            )
+            continue
+        client.update_deployment(
+            deployment.id, DeploymentUpdate(parameters={**deployment.parameters, **wanted})
+        )
+        done.append(f"deployment {deployment.name} of {deployment.entrypoint}: uses the blocks")
+    if not done:
+        done.append("no deployment of this project yet: run `prefect deploy --all` first")
     return done
 
 
@@ -152,6 +195,11 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
     parser.add_argument(
         "--limit-name", default=CONCURRENCY_LIMIT, help="global concurrency limit name"
     )
+    parser.add_argument(
+        "--point-deployments-at-blocks",
+        action="store_true",
+        help="after `prefect deploy --all`: deployments default to the saved blocks",
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -165,6 +213,7 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
         segmind_base_url=args.segmind_base_url,
         work_pool=args.work_pool,
         concurrency_limit=args.limit_name,
+        point_deployments_at_blocks=args.point_deployments_at_blocks,
     )
 
 
