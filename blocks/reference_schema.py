@@ -7,6 +7,11 @@ blocks do) accepts ``{"$ref": {"block_document_id": ...}}`` under *both*
 branches, so ``oneOf`` fails: choosing a saved block in the UI's run form
 answers 409 "is valid under each of". Our blocks' schemas therefore refuse an
 object that has a ``$ref`` key; only the reference branch accepts it.
+
+The refusal is ``propertyNames``, not ``not: {required: [$ref]}``: when a
+deployment is created, Prefect strips every nested ``required`` from the schema
+before checking its defaults, which turned that ``not`` into ``not: {}`` and
+refused every block default (422 "should not be valid under {}").
 """
 
 from __future__ import annotations
@@ -24,4 +29,4 @@ __all__ = ["referenceable_block_schema"]
 def referenceable_block_schema(schema: dict[str, Any], model: type[Block]) -> None:
     """Prefect's block schema, plus: an object with a ``$ref`` key is not this block."""
     schema_extra(schema, model)
-    schema["not"] = {"required": ["$ref"]}
+    schema["propertyNames"] = {"not": {"const": "$ref"}}

@@ -145,6 +145,8 @@ def point_deployments_at_blocks(client: SyncPrefectClient) -> list[str]:
             continue
         accepted = (deployment.parameter_openapi_schema or {}).get("properties", {})
         wanted = {k: v for k, v in references.items() if k in accepted}
+        if not wanted:
+            continue
         if all(deployment.parameters.get(k) == v for k, v in wanted.items()):
             done.append(
                 f"deployment {deployment.name} of {deployment.entrypoint}: already uses the blocks"

@@ -192,8 +192,19 @@ def _start(
     directory = Path(state.directory)
     logs = directory / "logs"
     env = {**os.environ, **state.environment()}
-    for stale in ("PREFECT_API_KEY", "PREFECT_PROFILE", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        env.pop(stale, None)
+    # Self-contained: nothing of the caller's Prefect, AWS or Segmind set-up leaks in.
+    for inherited in (
+        "PREFECT_API_KEY",
+        "PREFECT_PROFILE",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "SEGMIND_API_KEY",
+        "SEGMIND_BASE_URL",
+        "SEGMIND_CONCURRENCY_LIMIT",
+    ):
+        env.pop(inherited, None)
     prefect = str(Path(sys.executable).parent / "prefect")
 
     say("starting the Prefect server, the Segmind emulator and the S3 server")
