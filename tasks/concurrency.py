@@ -12,21 +12,20 @@ nothing to share and no slot is taken.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
-from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from blocks.segmind_credentials import DEFAULT_CONCURRENCY_LIMIT
-from segmind_core.errors import PermanentError
+from tasks.shared_slots import MissingConcurrencyLimitError, SharedSlots, missing_limit_message
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -34,24 +33,18 @@ __all__ = [
     "ensure_concurrency_limit",
     "require_concurrency_limit",
     "segmind_call_slot",
+    "shared_slots",
 ]
 
 DEFAULT_LIMIT = DEFAULT_CONCURRENCY_LIMIT
-
-
-class MissingConcurrencyLimitError(PermanentError):
-    """The Prefect server has no global concurrency limit of the configured name."""
 
 
 def segmind_call_slot(limit: str | None) -> Callable[[], AbstractContextManager[object]]:
     """What the client holds around each attempt: a slot of ``limit``, or nothing."""
     if not limit or not PREFECT_API_URL.value():
         return nullcontext
-
-    def slot() -> AbstractContextManager[object]:
-        return _strict_slot(limit)
-
-    return slot
+    slots = shared_slots(limit)
+    return slots.hold
 
 
 def require_concurrency_limit(limit: str | None) -> None:
@@ -68,30 +61,24 @@ def require_concurrency_limit(limit: str | None) -> None:
         try:
             client.read_global_concurrency_limit_by_name(limit)
         except ObjectNotFound:
-            raise MissingConcurrencyLimitError(
-                f"the Prefect server has no global concurrency limit {limit!r}: create it with "
-                "`python -m deployments.setup`, or empty the credentials block's "
-                "concurrency_limit"
-            ) from None
+            raise MissingConcurrencyLimitError(missing_limit_message(limit)) from None
 
 
-@contextmanager
-def _strict_slot(limit: str) -> Iterator[None]:
-    """Hold one slot of ``limit``; the server enforces the bound across processes.
+_registry: dict[tuple[str, str], SharedSlots] = {}
+_registry_lock = threading.Lock()
 
-    A full limit is waited for the Prefect way (the server's ``Retry-After``).
-    `bench/concurrency_slots.py` measures what that costs: see the README.
+
+def shared_slots(limit: str) -> SharedSlots:
+    """This process's `SharedSlots` for ``limit`` on the configured Prefect server.
+
+    One per process and limit, so that every task run of the process queues in
+    the same line (see `tasks.shared_slots` for why that keeps slots busy).
     """
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(limit, occupy=1, strict=True))
-        except ConcurrencySlotAcquisitionError as exc:
-            raise MissingConcurrencyLimitError(
-                f"no slot of the Prefect global concurrency limit {limit!r} ({exc}); "
-                "create it with `python -m deployments.setup`, or empty the credentials "
-                "block's concurrency_limit"
-            ) from None
-        yield
+    key = (str(PREFECT_API_URL.value()), limit)
+    with _registry_lock:
+        if key not in _registry:
+            _registry[key] = SharedSlots(limit)
+        return _registry[key]
 
 
 def ensure_concurrency_limit(
