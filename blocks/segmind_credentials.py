@@ -76,6 +76,15 @@ class SegmindCredentials(CredentialsBlock):
             "nothing means none. Not used without a Prefect server (PREFECT_API_URL)."
         ),
     )
+    rate_limit: str | None = Field(
+        default=None,
+        title="Prefect rate limit",
+        description=(
+            "Global concurrency limit with decaying slots (a rate limit) each HTTP attempt "
+            "takes a token of, capping calls per minute across every worker (python -m "
+            "deployments.setup --rate-per-minute N creates 'segmind-rate'). Empty means none."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, title="Connect timeout (s)", description="Longest wait to connect."
     )

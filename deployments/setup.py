@@ -9,8 +9,10 @@
   storage URL from ``--storage-url``; S3 secrets are never saved here: the
   workers' AWS environment supplies them);
 - the global concurrency limit ``segmind`` exists with ``--concurrency`` slots
-  (``SEGMIND_CONCURRENCY``, 4 by default), and ``--rate-per-minute`` slots
-  decaying per second when a rate is asked for;
+  (``SEGMIND_CONCURRENCY``, 4 by default): Segmind calls in flight;
+- with ``--rate-per-minute R``, the rate limit ``segmind-rate`` exists too (one
+  slot decaying at R/60 per second) and the credentials block names it, so
+  calls start at most about R times a minute across every worker;
 - with ``--point-deployments-at-blocks`` (after ``prefect deploy --all``), the
   deployments' ``storage`` and ``credentials`` default to those two blocks, so
   a scheduled run or a UI quick run writes to the bucket with the saved key.
@@ -34,7 +36,7 @@ from prefect.workers.process import ProcessWorker
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
 from deployments.definitions import DEPLOYMENTS, WORK_POOL
-from tasks.concurrency import DEFAULT_LIMIT, ensure_concurrency_limit
+from tasks.concurrency import DEFAULT_LIMIT, ensure_concurrency_limit, ensure_rate_limit
 
 __all__ = [
     "CONCURRENCY_LIMIT",
@@ -59,8 +61,9 @@ class SetupSettings:
     Attributes:
         concurrency: Slots of the ``segmind`` limit: Segmind calls in flight across
             every worker (see the README for a value per Segmind tier).
-        rate_per_minute: When set, slots also decay at this rate, which caps calls
-            per minute (Segmind's free tier allows about 5, Pro about 50).
+        rate_per_minute: When set, a rate limit ``<concurrency_limit>-rate`` caps
+            calls per minute across every worker (Segmind's free tier allows about
+            5, Pro about 50).
         storage_url: Base URL of the ``segmind-outputs`` block.
         storage_endpoint_url: S3-compatible endpoint of that block, if not AWS.
         segmind_base_url: Segmind server of the ``segmind-credentials`` block
@@ -81,6 +84,11 @@ class SetupSettings:
     concurrency_limit: str = CONCURRENCY_LIMIT
     point_deployments_at_blocks: bool = False
 
+    @property
+    def rate_limit_name(self) -> str:
+        """The rate limit's name: the concurrency limit's, plus ``-rate``."""
+        return f"{self.concurrency_limit}-rate"
+
 
 def set_up(settings: SetupSettings) -> list[str]:
     """Create or update everything; returns one line per thing, saying what was done."""
@@ -88,13 +96,12 @@ def set_up(settings: SetupSettings) -> list[str]:
     with get_client(sync_client=True) as client:
         done.append(_work_pool(client, settings.work_pool))
         done.append(
-            ensure_concurrency_limit(
-                client,
-                settings.concurrency,
-                name=settings.concurrency_limit,
-                rate_per_minute=settings.rate_per_minute,
-            )
+            ensure_concurrency_limit(client, settings.concurrency, name=settings.concurrency_limit)
         )
+        if settings.rate_per_minute is not None:
+            done.append(
+                ensure_rate_limit(client, settings.rate_per_minute, name=settings.rate_limit_name)
+            )
     for block_type in (SegmindCredentials, ObjectStorage):
         block_type.register_type_and_schema()
     done.append(
@@ -106,6 +113,7 @@ def set_up(settings: SetupSettings) -> list[str]:
         api_key=api_key,
         base_url=settings.segmind_base_url,
         concurrency_limit=settings.concurrency_limit,
+        rate_limit=None if settings.rate_per_minute is None else settings.rate_limit_name,
     ).save(CREDENTIALS_BLOCK, overwrite=True)
     done.append(
         f"block {CREDENTIALS_BLOCK}: saved ("

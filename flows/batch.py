@@ -186,7 +186,10 @@ def batch(
     storage = storage if storage is not None else ObjectStorage()
     store = storage.get_store()
     defaults = defaults if defaults is not None else RowDefaults()
-    require_concurrency_limit((credentials or SegmindCredentials()).resolved_concurrency_limit())
+    checked_credentials = credentials or SegmindCredentials()
+    require_concurrency_limit(
+        checked_credentials.resolved_concurrency_limit(), checked_credentials.rate_limit
+    )
     budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
     checked = load_manifest(
         manifest,

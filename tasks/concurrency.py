@@ -13,8 +13,8 @@ nothing to share and no slot is taken.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import (
@@ -25,12 +25,15 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from blocks.segmind_credentials import DEFAULT_CONCURRENCY_LIMIT
+from tasks.rate_tokens import RateLimitError, RateTokens
 from tasks.shared_slots import MissingConcurrencyLimitError, SharedSlots, missing_limit_message
 
 __all__ = [
     "DEFAULT_LIMIT",
     "MissingConcurrencyLimitError",
     "ensure_concurrency_limit",
+    "ensure_rate_limit",
+    "rate_tokens",
     "require_concurrency_limit",
     "segmind_call_slot",
     "shared_slots",
@@ -39,29 +42,58 @@ __all__ = [
 DEFAULT_LIMIT = DEFAULT_CONCURRENCY_LIMIT
 
 
-def segmind_call_slot(limit: str | None) -> Callable[[], AbstractContextManager[object]]:
-    """What the client holds around each attempt: a slot of ``limit``, or nothing."""
-    if not limit or not PREFECT_API_URL.value():
+def segmind_call_slot(
+    limit: str | None, rate_limit: str | None = None
+) -> Callable[[], AbstractContextManager[object]]:
+    """What the client holds around each attempt: a slot of ``limit``, or nothing.
+
+    With ``rate_limit``, a token of that rate limit is taken first (waiting for
+    the rate before holding an in-flight slot, so no slot idles meanwhile).
+    """
+    if not PREFECT_API_URL.value() or not (limit or rate_limit):
         return nullcontext
-    slots = shared_slots(limit)
-    return slots.hold
+    hold = shared_slots(limit).hold if limit else nullcontext
+    if not rate_limit:
+        return hold
+    tokens = rate_tokens(rate_limit)
+
+    @contextmanager
+    def token_then_slot() -> Iterator[None]:
+        tokens.take()
+        with hold():
+            yield
+
+    return token_then_slot
 
 
-def require_concurrency_limit(limit: str | None) -> None:
+def require_concurrency_limit(limit: str | None, rate_limit: str | None = None) -> None:
     """Fail now, before anything is paid, when the calls would need a limit that is missing.
 
     Raises:
-        MissingConcurrencyLimitError: a Prefect server is configured and has no ``limit``.
+        MissingConcurrencyLimitError: a Prefect server is configured and has no
+            ``limit``, or no ``rate_limit`` whose slots decay.
     """
-    if not limit or not PREFECT_API_URL.value():
+    if not PREFECT_API_URL.value():
         return
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(limit)
-        except ObjectNotFound:
-            raise MissingConcurrencyLimitError(missing_limit_message(limit)) from None
+        if limit:
+            try:
+                client.read_global_concurrency_limit_by_name(limit)
+            except ObjectNotFound:
+                raise MissingConcurrencyLimitError(missing_limit_message(limit)) from None
+        if rate_limit:
+            try:
+                found = client.read_global_concurrency_limit_by_name(rate_limit)
+            except ObjectNotFound:
+                found = None
+            if found is None or not found.slot_decay_per_second:
+                raise RateLimitError(
+                    f"the Prefect server has no rate limit {rate_limit!r} (a limit whose "
+                    "slots decay): create it with `python -m deployments.setup "
+                    "--rate-per-minute N`, or empty the credentials block's rate_limit"
+                )
 
 
 _registry: dict[tuple[str, str], SharedSlots] = {}
@@ -81,29 +113,53 @@ def shared_slots(limit: str) -> SharedSlots:
         return _registry[key]
 
 
-def ensure_concurrency_limit(
-    client: SyncPrefectClient,
-    slots: int,
-    *,
-    name: str = DEFAULT_LIMIT,
-    rate_per_minute: float | None = None,
-) -> str:
-    """Create the global limit ``name`` with ``slots``, or update it; says what it did.
+_rate_registry: dict[tuple[str, str], RateTokens] = {}
 
-    ``rate_per_minute`` also makes slots decay at that rate, which caps calls per
-    minute across all workers.
+
+def rate_tokens(rate_limit: str) -> RateTokens:
+    """This process's `RateTokens` for ``rate_limit`` on the configured Prefect server."""
+    key = (str(PREFECT_API_URL.value()), rate_limit)
+    with _registry_lock:
+        if key not in _rate_registry:
+            _rate_registry[key] = RateTokens(rate_limit)
+        return _rate_registry[key]
+
+
+def ensure_concurrency_limit(
+    client: SyncPrefectClient, slots: int, *, name: str = DEFAULT_LIMIT
+) -> str:
+    """Create the in-flight limit ``name`` with ``slots``, or update it; says what it did.
+
+    Its slots never decay: a decaying slot would be freed while its call is still
+    in flight. Calls per minute are `ensure_rate_limit`'s, on a limit of their own.
     """
-    decay = 0.0 if rate_per_minute is None else rate_per_minute / 60
+    return _ensure_limit(client, name, slots, decay=0.0, noun="concurrency limit")
+
+
+def ensure_rate_limit(client: SyncPrefectClient, per_minute: float, *, name: str) -> str:
+    """Create or update the rate limit ``name``: one token, renewed ``per_minute`` times a minute.
+
+    One slot decaying at ``per_minute / 60`` per second: a call takes it and the
+    next can start once it has decayed, so calls start at most ``per_minute``
+    times a minute (plus the one token at the start of a minute).
+    """
+    return _ensure_limit(client, name, 1, decay=per_minute / 60, noun="rate limit")
+
+
+def _ensure_limit(
+    client: SyncPrefectClient, name: str, slots: int, *, decay: float, noun: str
+) -> str:
+    what = f"{slots} slots" if noun == "concurrency limit" else f"{decay * 60:g} a minute"
     try:
         existing = client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
         client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=slots, slot_decay_per_second=decay)
         )
-        return f"concurrency limit {name}: created with {slots} slots"
+        return f"{noun} {name}: created with {what}"
     if existing.limit == slots and (existing.slot_decay_per_second or 0.0) == decay:
-        return f"concurrency limit {name}: already {slots} slots"
+        return f"{noun} {name}: already {what}"
     client.update_global_concurrency_limit(
         name, GlobalConcurrencyLimitUpdate(limit=slots, slot_decay_per_second=decay)
     )
-    return f"concurrency limit {name}: set to {slots} slots"
+    return f"{noun} {name}: set to {what}"

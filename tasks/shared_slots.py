@@ -39,10 +39,19 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.context import TaskRunContext
+from prefect.settings import PREFECT_API_URL
 
 from segmind_core.errors import PermanentError
 
-__all__ = ["MissingConcurrencyLimitError", "SharedSlots", "SlotCounters"]
+__all__ = [
+    "MissingConcurrencyLimitError",
+    "SharedSlots",
+    "SlotCounters",
+    "backoff_s",
+    "prefect_api_http",
+    "retry_after_s",
+    "send_once",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +120,6 @@ class SharedSlots:
         self.refresh_s = refresh_s
         self.max_transient_errors = max_transient_errors
         self._http = http
-        self._prefect_client: SyncPrefectClient | None = None
         self._condition = threading.Condition()
         self._queue: deque[object] = deque()
         self._leases: set[UUID] = set()
@@ -195,7 +203,7 @@ class SharedSlots:
                 status = exc.response.status_code
                 if status == 423:
                     self.counters.refused += 1
-                    wait = _retry_after(exc.response, default=self.poll_max_s)
+                    wait = retry_after_s(exc.response, default=self.poll_max_s)
                     if not self._decays:
                         wait = min(wait, self.poll_max_s)
                 elif status in TRANSIENT_STATUS:
@@ -216,9 +224,7 @@ class SharedSlots:
         return errors + 1
 
     def _backoff(self, errors: int) -> float:
-        """Tens of milliseconds at first, doubling to 2 s at most, with jitter."""
-        base: float = min(0.05 * 2.0 ** (errors - 1), 2.0)
-        return base * (0.5 + self._rng.random())
+        return backoff_s(errors, self._rng)
 
     def _release(self, lease_id: UUID) -> None:
         """Give the slot back; a failure is logged, never raised (the call was paid)."""
@@ -260,23 +266,11 @@ class SharedSlots:
             self._size_read_at = now
             self._condition.notify_all()
 
-    def _client(self) -> httpx.Client:
-        """The HTTP client to the Prefect API (opened once per process and limit)."""
-        if self._http is None:
-            with self._condition:
-                if self._http is None:
-                    self._prefect_client = get_client(sync_client=True)
-                    self._prefect_client.__enter__()
-                    self._http = self._prefect_client._client  # an httpx.Client
-        return self._http
-
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return self._send("POST", path, body)
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        """One request, without Prefect's retry loop (`httpx.Client.send` itself)."""
-        client = self._client()
-        return httpx.Client.send(client, client.build_request(method, path, json=body))
+        return send_once(self._http or prefect_api_http(), method, path, body)
 
     def _start_renewer(self) -> None:
         """Start the thread that renews held leases (once per process and limit)."""
@@ -303,7 +297,45 @@ class SharedSlots:
                     logger.warning("could not renew a lease of the concurrency limit %r", self.name)
 
 
-def _retry_after(response: httpx.Response, *, default: float) -> float:
+_prefect_clients: dict[str, SyncPrefectClient] = {}
+_prefect_clients_lock = threading.Lock()
+
+
+def prefect_api_http() -> httpx.Client:
+    """The httpx client inside a Prefect client of the configured API, one per process.
+
+    It carries Prefect's URL, auth headers and TLS settings; `send_once` uses it
+    without Prefect's retry loop.
+    """
+    url = str(PREFECT_API_URL.value())
+    with _prefect_clients_lock:
+        if url not in _prefect_clients:
+            client = get_client(sync_client=True)
+            client.__enter__()  # open for the life of the process
+            _prefect_clients[url] = client
+        http: httpx.Client = _prefect_clients[url]._client
+        return http
+
+
+def send_once(
+    client: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None
+) -> httpx.Response:
+    """One request, without Prefect's retry loop (``httpx.Client.send`` itself).
+
+    Prefect's loop waits 2 s after a 503 even with retries turned off, and a
+    SQLite-backed server answers 503 whenever two writes meet.
+    """
+    return httpx.Client.send(client, client.build_request(method, path, json=body))
+
+
+def backoff_s(errors: int, rng: random.Random) -> float:
+    """Tens of milliseconds after a first transient error, doubling to 2 s, with jitter."""
+    base: float = min(0.05 * 2.0 ** (errors - 1), 2.0)
+    return base * (0.5 + rng.random())
+
+
+def retry_after_s(response: httpx.Response, *, default: float) -> float:
+    """The ``Retry-After`` of a 423, in seconds, or ``default``."""
     try:
         return max(float(str(response.headers["Retry-After"])), 0.0)
     except (KeyError, ValueError):

@@ -68,21 +68,27 @@ def test_setup_creates_everything_then_changes_only_what_differs(
     assert f"concurrency limit {limit_name}: already 3 slots" in second
     printed = capsys.readouterr().out
     assert f"concurrency limit {limit_name}: set to 5 slots" in printed
+    assert f"rate limit {limit_name}-rate: created with 30 a minute" in printed
     assert API_KEY not in "\n".join([*first, *second, printed])
     with get_client(sync_client=True) as client:
         work_pool = client.read_work_pool(pool)
         limit = client.read_global_concurrency_limit_by_name(limit_name)
+        rate = client.read_global_concurrency_limit_by_name(f"{limit_name}-rate")
         pools = [p.name for p in client.read_work_pools()]
     assert work_pool.type == "process"
     assert "command" in work_pool.base_job_template["job_configuration"]
     assert pools.count(pool) == 1
     assert limit.limit == 5
-    assert limit.slot_decay_per_second == pytest.approx(0.5)
+    # The in-flight limit never decays (a decayed slot would free a call still running);
+    # the rate is a limit of its own: one token, renewed 30 times a minute.
+    assert limit.slot_decay_per_second == 0
+    assert (rate.limit, rate.slot_decay_per_second) == (1, pytest.approx(0.5))
     # The blocks load back; the key is stored as a secret, the S3 secrets are not stored.
     credentials = SegmindCredentials.load(CREDENTIALS_BLOCK)
     assert credentials.api_key is not None
     assert credentials.api_key.get_secret_value() == API_KEY
     assert credentials.concurrency_limit == limit_name
+    assert credentials.rate_limit == f"{limit_name}-rate"
     assert API_KEY not in repr(credentials)
     storage = ObjectStorage.load(STORAGE_BLOCK)
     assert storage.base_url == "outputs"  # the last run (main) asked for the default
