@@ -303,7 +303,7 @@ def _prefect_api() -> Iterator[bool]:
             yield True
     finally:
         if previous_limit is None:
-            del os.environ[CONCURRENCY_LIMIT_ENV]
+            os.environ.pop(CONCURRENCY_LIMIT_ENV, None)
         else:
             os.environ[CONCURRENCY_LIMIT_ENV] = previous_limit
         server.stop()
