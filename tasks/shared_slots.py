@@ -161,10 +161,12 @@ class SharedSlots:
         try:
             yield
         finally:
-            self._release(lease_id)
-            with self._condition:
-                self._leases.discard(lease_id)
-                self._condition.notify_all()
+            try:
+                self._release(lease_id)
+            finally:
+                with self._condition:
+                    self._leases.discard(lease_id)
+                    self._condition.notify_all()
 
     def _acquire(self, ticket: object, holder: ConcurrencyLeaseHolder | None) -> UUID:
         """Wait for this ticket's turn, then ask the server until it grants a lease.
@@ -202,6 +204,7 @@ class SharedSlots:
             except httpx.HTTPStatusError as exc:
                 status = exc.response.status_code
                 if status == 423:
+                    errors = 0  # the server answered: transient errors count in a row
                     self.counters.refused += 1
                     wait = retry_after_s(exc.response, default=self.poll_max_s)
                     if not self._decays:
@@ -236,9 +239,10 @@ class SharedSlots:
                 response.raise_for_status()
                 self.counters.released += 1
                 return
-            except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+            except Exception as exc:  # anything: the call it guarded was paid for
                 status = getattr(getattr(exc, "response", None), "status_code", None)
-                if status is not None and status not in TRANSIENT_STATUS:
+                retryable = isinstance(exc, httpx.TransportError) or status in TRANSIENT_STATUS
+                if not retryable:
                     break
                 time.sleep(self._backoff(attempt))  # backoff before the next try
         self.counters.release_failures += 1
@@ -254,10 +258,22 @@ class SharedSlots:
         now = time.monotonic()
         if self._size_read_at is not None and now - self._size_read_at < self.refresh_s:
             return
-        response = self._send("GET", f"/v2/concurrency_limits/{quote(self.name, safe='')}")
-        if response.status_code == 404:
-            raise MissingConcurrencyLimitError(missing_limit_message(self.name))
-        response.raise_for_status()
+        path = f"/v2/concurrency_limits/{quote(self.name, safe='')}"
+        errors = 0
+        while True:
+            try:
+                response = self._send("GET", path)
+                if response.status_code == 404:
+                    raise MissingConcurrencyLimitError(missing_limit_message(self.name))
+                response.raise_for_status()
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code not in TRANSIENT_STATUS:
+                    raise
+                errors = self._count_transient(errors, exc)
+            except httpx.TransportError as exc:
+                errors = self._count_transient(errors, exc)
+            time.sleep(self._backoff(errors))  # backoff before the next try
         limit: dict[str, Any] = response.json()
         with self._condition:
             self._size = max(int(limit["limit"]), 1)

@@ -515,10 +515,15 @@ def test_check_c_a_bad_input_fails_the_task_before_any_request(
     assert keyed_emulator.stats()["requests"] == 0
     task_run_id = state.state_details.task_run_id
     assert task_run_id is not None
-    with get_client(sync_client=True) as client:
-        task_run = client.read_task_run(task_run_id)
+
+    def recorded_final() -> Any:
+        # The server records task-run states from events, a moment after the flow returns.
+        with get_client(sync_client=True) as client:
+            run = client.read_task_run(task_run_id)
+        return run if run.state is not None and run.state.is_final() else None
+
+    task_run = wait_until(recorded_final, timeout=30, what="the task run's final state")
     assert task_run.run_count == 1, "the task was retried"
-    assert task_run.state is not None
     assert task_run.state.is_failed()
 
 

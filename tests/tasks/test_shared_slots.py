@@ -27,7 +27,7 @@ from prefect.context import TaskRunContext
 from prefect.settings import PREFECT_API_URL
 
 from tasks.concurrency import ensure_concurrency_limit, segmind_call_slot, shared_slots
-from tasks.shared_slots import MissingConcurrencyLimitError, SharedSlots
+from tasks.shared_slots import TRANSIENT_STATUS, MissingConcurrencyLimitError, SharedSlots
 from tests.support import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -51,6 +51,14 @@ class Seen:
     method: str
     path: str
     body: Any
+    injected: bool = False
+    status: int | None = None
+    """The answer's status (None while in flight, or when the request raised)."""
+
+    @property
+    def real_transient_error(self) -> bool:
+        """The real server answered with a status that is retried (SQLite's 503s happen)."""
+        return not self.injected and self.status in TRANSIENT_STATUS
 
 
 @dataclass
@@ -94,20 +102,27 @@ class FaultyTransport(httpx.BaseTransport):
         with self._lock:
             return [s for s in self.seen if s.method == method and s.path.endswith(suffix)]
 
+    def real_transient_errors(self, suffix: str) -> int:
+        """How many of these requests the real server answered with a retried error."""
+        return sum(s.real_transient_error for s in self.requests(suffix))
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         content = request.read()
-        body = json.loads(content) if content else None
+        seen = Seen(request.method, request.url.path, json.loads(content) if content else None)
         with self._lock:
-            self.seen.append(Seen(request.method, request.url.path, body))
+            self.seen.append(seen)
             fault = next(
                 (f for f in self.faults if f.times > 0 and request.url.path.endswith(f.suffix)),
                 None,
             )
             if fault is not None:
                 fault.times -= 1
-        if fault is not None:
-            return fault.answer(request)
-        return self._inner.handle_request(request)
+                seen.injected = True
+        response = (
+            fault.answer(request) if fault is not None else self._inner.handle_request(request)
+        )
+        seen.status = response.status_code
+        return response
 
     def close(self) -> None:
         self._inner.close()
@@ -173,7 +188,16 @@ def active_slots(prefect: SyncPrefectClient, name: str) -> int:
 
 
 def release_lease(observer: httpx.Client, lease_id: str) -> None:
-    observer.post(DECREMENT, json={"lease_id": lease_id}).raise_for_status()
+    """Free a lease the product could not (the server's SQLite may answer 503: ask again)."""
+
+    def released() -> bool:
+        response = observer.post(DECREMENT, json={"lease_id": lease_id})
+        if response.status_code in TRANSIENT_STATUS:
+            return False
+        response.raise_for_status()
+        return True
+
+    wait_until(released, what=f"release of lease {lease_id}")
 
 
 def slots_for(name: str, http: httpx.Client, **settings: Any) -> SharedSlots:
@@ -252,7 +276,9 @@ def test_a_limit_full_in_another_process_is_asked_again_until_a_slot_is_free(
     waiter.join(timeout=20)
     assert got_it.is_set()
     assert second.counters.acquired == 1
-    assert len(second_transport.requests(INCREMENT)) == second.counters.refused + 1
+    assert len(second_transport.requests(INCREMENT)) == (
+        second.counters.refused + second.counters.transient_errors + 1
+    )
     assert active_slots(prefect, name) == 0
 
 
@@ -279,7 +305,7 @@ def test_threads_of_one_process_get_the_slot_in_the_order_they_queued(
                 lambda n=index + 1: len(slots._queue) == n, what=f"{index + 1} threads queued"
             )
         # While this process holds all the limit's slots, its waiters do not ask the server.
-        assert len(transport.requests(INCREMENT)) == 1
+        assert len(transport.requests(INCREMENT)) == 1 + slots.counters.transient_errors
         assert order == []
     for thread in threads:
         thread.join(timeout=20)
@@ -287,7 +313,7 @@ def test_threads_of_one_process_get_the_slot_in_the_order_they_queued(
     assert order == list(range(6))
     assert slots.counters.acquired == 7
     assert slots.counters.refused == 0  # each slot went to the next thread, never to the server
-    assert len(transport.requests(INCREMENT)) == 7
+    assert len(transport.requests(INCREMENT)) == 7 + slots.counters.transient_errors
     assert len(slots._queue) == 0
     assert active_slots(prefect, name) == 0
 
@@ -344,9 +370,10 @@ def test_a_transient_error_on_acquiring_is_retried(
     with slots.hold():
         assert active_slots(prefect, name) == 1
 
-    assert slots.counters.transient_errors == 3
+    real = transport.real_transient_errors(INCREMENT)
+    assert slots.counters.transient_errors == 3 + real
     assert slots.counters.acquired == 1
-    assert len(transport.requests(INCREMENT)) == 4
+    assert len(transport.requests(INCREMENT)) == 4 + real
     assert active_slots(prefect, name) == 0
 
 
@@ -451,7 +478,7 @@ def test_a_long_retry_after_is_capped_for_a_limit_without_decay(
 
     assert slots.counters.refused == 1
     assert slots.counters.acquired == 1
-    assert len(transport.requests(INCREMENT)) == 2
+    assert len(transport.requests(INCREMENT)) == 2 + transport.real_transient_errors(INCREMENT)
     assert active_slots(prefect, name) == 0
 
 
@@ -529,7 +556,7 @@ def test_an_exception_in_the_body_propagates_and_the_slot_is_released(
     assert raised.value is boom
     assert slots.counters.released == 1
     assert slots.counters.release_failures == 0
-    assert len(transport.requests(DECREMENT)) == 1
+    assert len(transport.requests(DECREMENT)) == 1 + transport.real_transient_errors(DECREMENT)
     assert slots.held == 0
     assert active_slots(prefect, name) == 0
 
@@ -602,7 +629,7 @@ def test_a_limit_deleted_after_its_size_was_read_is_missing_too(
         pass
 
     # The size was not read again: the increment's empty answer said it.
-    assert len(transport.requests(INCREMENT)) == 2
+    assert len(transport.requests(INCREMENT)) == 2 + transport.real_transient_errors(INCREMENT)
     assert len(transport.requests(f"/v2/concurrency_limits/{name}", method="GET")) == 1
     assert len(slots._queue) == 0
     assert slots.held == 0
@@ -615,12 +642,17 @@ def test_an_inactive_limit_takes_no_slot(
     prefect.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=False))
     http, transport = connect()
     slots = slots_for(name, http)
-    inside = 0
+    both = threading.Barrier(2)
 
-    with slots.hold(), slots.hold():  # two at once on a one-slot limit: nothing is enforced
-        inside = slots.held
+    def call() -> int:
+        with slots.hold():
+            both.wait(timeout=10)  # two at once on a one-slot limit: nothing is enforced
+            return slots.held
 
-    assert inside == 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        held = [f.result() for f in [pool.submit(call) for _ in range(2)]]
+
+    assert held == [0, 0]
     assert transport.requests(INCREMENT) == []
     assert transport.requests(DECREMENT) == []
     assert slots.counters.acquired == 0
@@ -690,3 +722,79 @@ def test_segmind_call_slot_holds_a_slot_of_the_process_wide_instance(
     assert active_slots(prefect, name) == 0
     assert slots.counters.acquired == 1
     assert slots.counters.released == 1
+
+
+# --- regressions found in review ------------------------------------------------------------
+
+
+def undecodable(request: httpx.Request) -> httpx.Response:
+    """A proxy's 502 that says gzip and is not: reading it raises httpx.DecodingError."""
+    return httpx.Response(
+        502, headers={"Content-Encoding": "gzip"}, content=b"not gzip", request=request
+    )
+
+
+def test_a_release_that_fails_in_an_unexpected_way_still_frees_the_local_slot(
+    make_limit: Callable[..., str],
+    connect: Callable[..., Any],
+    prefect: SyncPrefectClient,
+    observer: httpx.Client,
+) -> None:
+    name = make_limit(1)
+    http, transport = connect()
+    transport.fail(DECREMENT, undecodable, times=100)
+    slots = slots_for(name, http, max_transient_errors=2, renew_every_s=0.1)
+
+    boom = ValueError("the body's own error")
+    with pytest.raises(ValueError, match="the body's own error") as raised, slots.hold():
+        raise boom
+
+    assert raised.value is boom
+    assert slots.counters.release_failures == 1
+    assert slots.held == 0  # the process no longer counts the slot as its own
+    lease_id = transport.requests(DECREMENT)[0].body["lease_id"]
+    renewals_then = len(transport.requests(RENEW))
+    release_lease(observer, lease_id)  # what the server does when the lease ends
+    transport.heal()
+    with slots.hold():  # the next hold gets the one slot
+        assert active_slots(prefect, name) == 1
+    assert all(lease_id not in s.path for s in transport.requests(RENEW)[renewals_then:])
+
+
+def test_transient_errors_count_in_a_row_a_423_in_between_resets_them(
+    make_limit: Callable[..., str], connect: Callable[..., Any]
+) -> None:
+    name = make_limit(1)
+    http, transport = connect()
+    answers = iter([503, 423, 503, 423, 503])
+
+    def scripted(request: httpx.Request) -> httpx.Response:
+        code = next(answers)
+        return httpx.Response(code, headers={"Retry-After": "0.05"}, json={}, request=request)
+
+    transport.fail(INCREMENT, scripted, times=5)
+    slots = slots_for(name, http, max_transient_errors=2)
+
+    with slots.hold():
+        held = slots.held
+
+    assert held == 1
+    assert slots.counters.refused == 2
+    assert slots.counters.transient_errors == 3
+    assert len(transport.requests(INCREMENT)) == 6
+
+
+def test_a_transient_error_on_reading_the_limit_is_retried(
+    make_limit: Callable[..., str], connect: Callable[..., Any]
+) -> None:
+    name = make_limit(1)
+    http, transport = connect()
+    transport.fail(f"/v2/concurrency_limits/{name}", status(503), times=2)
+    slots = slots_for(name, http)
+
+    with slots.hold():
+        held = slots.held
+
+    assert held == 1
+    assert slots.counters.transient_errors == 2
+    assert len(transport.requests(f"/v2/concurrency_limits/{name}", method="GET")) == 3
