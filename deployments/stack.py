@@ -344,6 +344,7 @@ def status(directory: Path = StackSettings.directory) -> list[str]:
 def _how_to_use(state: StackState) -> list[str]:
     batch = next(d for d in DEPLOYMENTS if d.entrypoint.endswith(":batch"))
     env = f"PREFECT_API_URL={state.api_url}"
+    prefect, python = (_shown(Path(sys.executable).parent / name) for name in ("prefect", "python"))
     return [
         "",
         f"Prefect UI:     {state.ui_url or '(started with --no-ui)'}",
@@ -352,13 +353,21 @@ def _how_to_use(state: StackState) -> list[str]:
         f"Outputs:        s3://{state.bucket}/outputs on {state.s3_endpoint_url}",
         "",
         "Trigger a run: in the UI, Deployments > batch/nightly-catalogue > Run > Quick run;",
-        f"or: {env} prefect deployment run batch/{batch.name}",
+        f"or: {env} {prefect} deployment run batch/{batch.name}",
         "List the outputs:",
         f"  AWS_ACCESS_KEY_ID={S3_ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY={S3_SECRET_ACCESS_KEY} "
-        f"python -c \"import s3fs; print('\\n'.join(s3fs.S3FileSystem("
+        f"{python} -c \"import s3fs; print('\\n'.join(s3fs.S3FileSystem("
         f"endpoint_url='{state.s3_endpoint_url}').find('{state.bucket}')))\"",
-        "Stop everything: python -m deployments.stack down",
+        "Stop everything: bash scripts/stack down   (or python -m deployments.stack down)",
     ]
+
+
+def _shown(path: Path) -> str:
+    """A command's path as a user in the repository would type it."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _spawn(
