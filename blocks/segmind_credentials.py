@@ -18,9 +18,15 @@ from segmind_core.client import (
 )
 from segmind_core.errors import AuthenticationError
 
-__all__ = ["CONCURRENCY_LIMIT_ENV", "DEFAULT_CONCURRENCY_LIMIT", "SegmindCredentials"]
+__all__ = [
+    "CONCURRENCY_LIMIT_ENV",
+    "DEFAULT_CONCURRENCY_LIMIT",
+    "RATE_LIMIT_ENV",
+    "SegmindCredentials",
+]
 
 CONCURRENCY_LIMIT_ENV = "SEGMIND_CONCURRENCY_LIMIT"
+RATE_LIMIT_ENV = "SEGMIND_RATE_LIMIT"
 DEFAULT_CONCURRENCY_LIMIT = "segmind"
 
 API_KEY_ENV = "SEGMIND_API_KEY"
@@ -82,7 +88,8 @@ class SegmindCredentials(CredentialsBlock):
         description=(
             "Global concurrency limit with decaying slots (a rate limit) each HTTP attempt "
             "takes a token of, capping calls per minute across every worker (python -m "
-            "deployments.setup --rate-per-minute N creates 'segmind-rate'). Empty means none."
+            "deployments.setup --rate-per-minute N creates 'segmind-rate'). Empty means "
+            "SEGMIND_RATE_LIMIT, else none."
         ),
     )
     connect_timeout_s: float = Field(
@@ -144,6 +151,10 @@ class SegmindCredentials(CredentialsBlock):
         if from_env is not None:
             return from_env.strip() or None
         return DEFAULT_CONCURRENCY_LIMIT
+
+    def resolved_rate_limit(self) -> str | None:
+        """The rate limit each attempt takes a token of, or ``None`` for none."""
+        return self.rate_limit or os.environ.get(RATE_LIMIT_ENV, "").strip() or None
 
     def resolved_base_url(self) -> str:
         """The server root from this block, the environment, or Segmind's."""

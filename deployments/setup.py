@@ -13,9 +13,10 @@
 - with ``--rate-per-minute R``, the rate limit ``segmind-rate`` exists too (one
   slot decaying at R/60 per second) and the credentials block names it, so
   calls start at most about R times a minute across every worker;
-- with ``--point-deployments-at-blocks`` (after ``prefect deploy --all``), the
-  deployments' ``storage`` and ``credentials`` default to those two blocks, so
-  a scheduled run or a UI quick run writes to the bucket with the saved key.
+- ``--point-deployments-at-blocks`` (after ``prefect deploy --all``) does only
+  this: the deployments' ``storage`` and ``credentials`` default to those two
+  blocks, so a scheduled run or a UI quick run writes to the bucket with the
+  saved key.
 
 Running it again changes only what differs from what was asked.
 """
@@ -25,11 +26,17 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
+from prefect.client.schemas.actions import (
+    DeploymentUpdate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+)
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
@@ -71,8 +78,12 @@ class SetupSettings:
         work_pool: Name of the process work pool.
         concurrency_limit: Name of the global concurrency limit (the credentials
             block's ``concurrency_limit`` must name the same).
-        point_deployments_at_blocks: Also make the two blocks the default ``storage``
-            and ``credentials`` of this project's deployments (which must exist).
+        point_deployments_at_blocks: Only make the two saved blocks the default
+            ``storage`` and ``credentials`` of this project's deployments (which
+            must exist); nothing else is changed.
+        reset_held_slots: Count the limits' slots as free: for a server that just
+            started with nothing running (Prefect keeps leases in memory, so after a
+            restart a slot held before it stays counted with no lease to end it).
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
@@ -83,6 +94,7 @@ class SetupSettings:
     work_pool: str = WORK_POOL
     concurrency_limit: str = CONCURRENCY_LIMIT
     point_deployments_at_blocks: bool = False
+    reset_held_slots: bool = False
 
     @property
     def rate_limit_name(self) -> str:
@@ -93,6 +105,9 @@ class SetupSettings:
 def set_up(settings: SetupSettings) -> list[str]:
     """Create or update everything; returns one line per thing, saying what was done."""
     done: list[str] = []
+    if settings.point_deployments_at_blocks:
+        with get_client(sync_client=True) as client:
+            return point_deployments_at_blocks(client)
     with get_client(sync_client=True) as client:
         done.append(_work_pool(client, settings.work_pool))
         done.append(
@@ -102,6 +117,13 @@ def set_up(settings: SetupSettings) -> list[str]:
             done.append(
                 ensure_rate_limit(client, settings.rate_per_minute, name=settings.rate_limit_name)
             )
+        if settings.reset_held_slots:
+            for name in (settings.concurrency_limit, settings.rate_limit_name):
+                with suppress(ObjectNotFound):
+                    client.update_global_concurrency_limit(
+                        name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                    )
+            done.append(f"concurrency limit {settings.concurrency_limit}: no slot held")
     for block_type in (SegmindCredentials, ObjectStorage):
         block_type.register_type_and_schema()
     done.append(
@@ -124,9 +146,6 @@ def set_up(settings: SetupSettings) -> list[str]:
         STORAGE_BLOCK, overwrite=True
     )
     done.append(f"block {STORAGE_BLOCK}: saved ({settings.storage_url})")
-    if settings.point_deployments_at_blocks:
-        with get_client(sync_client=True) as client:
-            done.extend(point_deployments_at_blocks(client))
     return done
 
 
@@ -148,7 +167,7 @@ def point_deployments_at_blocks(client: SyncPrefectClient) -> list[str]:
         references[parameter] = {"$ref": {"block_document_id": str(document.id)}}
     ours = {definition.entrypoint for definition in DEPLOYMENTS}
     done = []
-    for deployment in client.read_deployments():
+    for deployment in _all_deployments(client):
         if deployment.entrypoint not in ours:
             continue
         accepted = (deployment.parameter_openapi_schema or {}).get("properties", {})
@@ -167,6 +186,16 @@ def point_deployments_at_blocks(client: SyncPrefectClient) -> list[str]:
     if not done:
         done.append("no deployment of this project yet: run `prefect deploy --all` first")
     return done
+
+
+def _all_deployments(client: SyncPrefectClient) -> list[DeploymentResponse]:
+    """Every deployment on the server, page by page."""
+    found: list[DeploymentResponse] = []
+    while page := client.read_deployments(limit=200, offset=len(found)):
+        found.extend(page)
+        if len(page) < 200:
+            break
+    return found
 
 
 def _work_pool(client: SyncPrefectClient, name: str) -> str:
@@ -208,7 +237,12 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
     parser.add_argument(
         "--point-deployments-at-blocks",
         action="store_true",
-        help="after `prefect deploy --all`: deployments default to the saved blocks",
+        help="only this: after `prefect deploy --all`, deployments default to the saved blocks",
+    )
+    parser.add_argument(
+        "--reset-held-slots",
+        action="store_true",
+        help="count every slot as free (only on a server with nothing running)",
     )
     args = parser.parse_args(argv)
     if args.concurrency < 1:
@@ -224,6 +258,7 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
         work_pool=args.work_pool,
         concurrency_limit=args.limit_name,
         point_deployments_at_blocks=args.point_deployments_at_blocks,
+        reset_held_slots=args.reset_held_slots,
     )
 
 

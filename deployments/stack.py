@@ -61,6 +61,8 @@ S3_ACCESS_KEY_ID = "local-stack"
 S3_SECRET_ACCESS_KEY = "local-stack-secret"  # noqa: S105 - moto accepts any
 STATE_FILE = "stack.json"
 STARTUP_TIMEOUT_S = 180.0
+SERVICES = frozenset({"prefect-server", "emulator", "s3-server"})
+"""What the workers need; ``down`` stops these last."""
 
 
 class StackError(RuntimeError):
@@ -191,20 +193,14 @@ def _start(
 ) -> None:
     directory = Path(state.directory)
     logs = directory / "logs"
-    env = {**os.environ, **state.environment()}
-    # Self-contained: nothing of the caller's Prefect, AWS or Segmind set-up leaks in.
-    for inherited in (
-        "PREFECT_API_KEY",
-        "PREFECT_PROFILE",
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "SEGMIND_API_KEY",
-        "SEGMIND_BASE_URL",
-        "SEGMIND_CONCURRENCY_LIMIT",
-    ):
-        env.pop(inherited, None)
+    # Self-contained: none of the caller's Prefect (a production database URL, a
+    # Cloud key), AWS or Segmind settings reaches the stack's processes.
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "AWS_", "SEGMIND_"))
+    }
+    env = {**inherited, **state.environment()}
     prefect = str(Path(sys.executable).parent / "prefect")
 
     say("starting the Prefect server, the Segmind emulator and the S3 server")
@@ -256,12 +252,14 @@ def _start(
     setup += ["--storage-url", f"s3://{state.bucket}/outputs"]
     setup += ["--storage-endpoint-url", state.s3_endpoint_url]
     setup += ["--segmind-base-url", state.emulator_url]
-    _run(setup, env, logs / "setup.log", say)
+    _run([*setup, "--reset-held-slots"], env, logs / "setup.log", say)  # nothing runs yet
     say("registering the deployments (prefect deploy --all)")
     _run([prefect, "--no-prompt", "deploy", "--all"], env, logs / "deploy.log", say=None)
-    _run([*setup, "--point-deployments-at-blocks"], env, logs / "setup.log", say=None)
+    pointing = [sys.executable, "-m", "deployments.setup", "--point-deployments-at-blocks"]
+    _run(pointing, env, logs / "setup.log", say=None)
     del env["SEGMIND_API_KEY"]  # the workers read it from the block
 
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # a run starts within 2 s, not 10 (the default)
     names = [f"stack-worker-{n}" for n in range(1, settings.workers + 1)]
     for name in names:
         argv = [prefect, "worker", "start", "--pool", WORK_POOL, "--name", name]
@@ -284,7 +282,38 @@ def down(
     if state is None:
         say(f"no stack in {directory}")
         return 0
-    processes = stack_processes(state)
+    # Workers and their flow runs first, while the Prefect server is still up to
+    # record their slot releases; then the servers. Scanned again until none is
+    # left, so a flow run started meanwhile is stopped too.
+    services = {p.pid for p in state.processes if p.name in SERVICES}
+    stopped: set[int] = set()
+    killed = 0
+    for last in (False, True):
+        for _round in range(5):
+            found = [
+                p
+                for p in stack_processes(state)
+                if last or (p.pid not in services and not _child_of(p, services))
+            ]
+            if not found:
+                break
+            stopped.update(p.pid for p in found)
+            killed += _terminate(found)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    if purge:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+    say(
+        f"stopped {len(stopped)} process(es)"
+        + (f" ({killed} needed SIGKILL)" if killed else "")
+        + ("" if purge else f"; logs kept in {directory / 'logs'}")
+    )
+    return len(stopped)
+
+
+def _terminate(processes: list[psutil.Process]) -> int:
+    """SIGTERM, then SIGKILL after 15 s; returns how many needed SIGKILL."""
     for process in processes:
         with suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
@@ -293,17 +322,14 @@ def down(
         with suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=10)
-    (directory / STATE_FILE).unlink(missing_ok=True)
-    if purge:
-        import shutil
+    return len(alive)
 
-        shutil.rmtree(directory, ignore_errors=True)
-    say(
-        f"stopped {len(processes)} process(es)"
-        + (f" ({len(alive)} needed SIGKILL)" if alive else "")
-        + ("" if purge else f"; logs kept in {directory / 'logs'}")
-    )
-    return len(processes)
+
+def _child_of(process: psutil.Process, parents: set[int]) -> bool:
+    try:
+        return any(parent.pid in parents for parent in process.parents())
+    except psutil.Error:
+        return False
 
 
 def stack_processes(state: StackState) -> list[psutil.Process]:

@@ -188,7 +188,8 @@ def batch(
     defaults = defaults if defaults is not None else RowDefaults()
     checked_credentials = credentials or SegmindCredentials()
     require_concurrency_limit(
-        checked_credentials.resolved_concurrency_limit(), checked_credentials.rate_limit
+        checked_credentials.resolved_concurrency_limit(),
+        checked_credentials.resolved_rate_limit(),
     )
     budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
     checked = load_manifest(

@@ -47,8 +47,9 @@ def segmind_call_slot(
 ) -> Callable[[], AbstractContextManager[object]]:
     """What the client holds around each attempt: a slot of ``limit``, or nothing.
 
-    With ``rate_limit``, a token of that rate limit is taken first (waiting for
-    the rate before holding an in-flight slot, so no slot idles meanwhile).
+    With ``rate_limit``, a token of that rate limit is taken once the slot is
+    held, right before the request: taken earlier, tokens would pile up while
+    their calls waited for slots and then start together, over the rate.
     """
     if not PREFECT_API_URL.value() or not (limit or rate_limit):
         return nullcontext
@@ -58,12 +59,12 @@ def segmind_call_slot(
     tokens = rate_tokens(rate_limit)
 
     @contextmanager
-    def token_then_slot() -> Iterator[None]:
-        tokens.take()
+    def slot_then_token() -> Iterator[None]:
         with hold():
+            tokens.take()
             yield
 
-    return token_then_slot
+    return slot_then_token
 
 
 def require_concurrency_limit(limit: str | None, rate_limit: str | None = None) -> None:

@@ -67,7 +67,6 @@ class RateTokens:
         errors = 0
         with self._lock:
             while True:
-                response = None
                 try:
                     response = send_once(
                         self._http or prefect_api_http(),
@@ -76,22 +75,22 @@ class RateTokens:
                         {"names": [self.name], "slots": 1, "mode": "rate_limit"},
                     )
                 except httpx.TransportError:
-                    errors += 1
-                if response is not None:
-                    wait = self._answer(response)
-                    if wait is None:
-                        self.taken += 1
-                        return
-                    if response.status_code != 423:
-                        errors += 1
+                    response = None
+                wait = None if response is None else self._answer(response)
+                if response is not None and wait is None:
+                    self.taken += 1
+                    return
+                if response is not None and response.status_code == 423 and wait is not None:
+                    errors = 0  # the server answered: transient errors count in a row
                 else:
-                    wait = backoff_s(errors, self._rng)
-                if errors > self.max_transient_errors:
-                    raise RateLimitError(
-                        f"no token from the rate limit {self.name!r} after {errors} errors "
-                        "from the Prefect server"
-                    )
-                time.sleep(wait)  # the server's own wait for a token, or a short backoff
+                    errors += 1
+                    if errors > self.max_transient_errors:
+                        raise RateLimitError(
+                            f"no token from the rate limit {self.name!r}: {errors} errors in "
+                            "a row from the Prefect server"
+                        )
+                    wait = max(wait or 0.0, backoff_s(errors, self._rng))
+                time.sleep(wait)  # the server's own wait for a token, or a backoff
 
     def _answer(self, response: httpx.Response) -> float | None:
         """``None`` when a token was granted, else how long to wait before asking again."""
@@ -113,6 +112,6 @@ class RateTokens:
                 "decay): create it with `python -m deployments.setup --rate-per-minute N`"
             )
         if response.status_code in TRANSIENT_STATUS:
-            return backoff_s(1, self._rng)
+            return retry_after_s(response, default=0.0)  # the caller adds its backoff
         response.raise_for_status()
         return None  # unreachable: raise_for_status raised for any other status

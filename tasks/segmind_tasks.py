@@ -100,7 +100,9 @@ def _generate(
     logger = get_run_logger()
     credentials = credentials if credentials is not None else SegmindCredentials()
     storage = storage if storage is not None else ObjectStorage()
-    slot = segmind_call_slot(credentials.resolved_concurrency_limit(), credentials.rate_limit)
+    slot = segmind_call_slot(
+        credentials.resolved_concurrency_limit(), credentials.resolved_rate_limit()
+    )
     with credentials.get_client(logger=logger, attempt_slot=slot) as client:
         stored = generate_and_store(
             client,

@@ -82,6 +82,8 @@ class SlotCounters:
     renewed: int = 0
     released: int = 0
     release_failures: int = 0
+    lost: int = 0
+    """Leases the server no longer knew when renewed."""
 
 
 class SharedSlots:
@@ -212,6 +214,8 @@ class SharedSlots:
                 elif status in TRANSIENT_STATUS:
                     errors = self._count_transient(errors, exc)
                     wait = self._backoff(errors)
+                    if status == 429:  # Prefect Cloud's rate limit: wait as asked
+                        wait = max(wait, retry_after_s(exc.response, default=wait))
                 else:
                     raise
             except httpx.TransportError as exc:
@@ -241,14 +245,20 @@ class SharedSlots:
                 return
             except Exception as exc:  # anything: the call it guarded was paid for
                 status = getattr(getattr(exc, "response", None), "status_code", None)
-                retryable = isinstance(exc, httpx.TransportError) or status in TRANSIENT_STATUS
+                # Not after a timeout waiting for the answer: the release may have been
+                # done, and a second one could free another holder's slot.
+                retryable = status in TRANSIENT_STATUS or (
+                    isinstance(exc, httpx.TransportError)
+                    and not isinstance(exc, httpx.ReadTimeout | httpx.RemoteProtocolError)
+                )
                 if not retryable:
                     break
                 time.sleep(self._backoff(attempt))  # backoff before the next try
         self.counters.release_failures += 1
         logger.warning(
             "could not release a slot of the concurrency limit %r; the server frees it "
-            "when its lease ends (at most %.0f s)",
+            "when its lease ends (at most %.0f s; a server restarted meanwhile does not: "
+            "then run `python -m deployments.setup --reset-held-slots` with nothing running)",
             self.name,
             self.lease_s,
         )
@@ -288,6 +298,18 @@ class SharedSlots:
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         return send_once(self._http or prefect_api_http(), method, path, body)
 
+    def _lost(self, lease_id: UUID) -> None:
+        """The server no longer knows a lease this process holds: say so, stop renewing it."""
+        with self._condition:
+            self._leases.discard(lease_id)
+            self._condition.notify_all()
+        self.counters.lost += 1
+        logger.error(
+            "a slot of the concurrency limit %r was lost (its lease ended on the server): "
+            "the call holding it runs on without one",
+            self.name,
+        )
+
     def _start_renewer(self) -> None:
         """Start the thread that renews held leases (once per process and limit)."""
         if self._renewer is None or not self._renewer.is_alive():
@@ -307,6 +329,9 @@ class SharedSlots:
                         f"/v2/concurrency_limits/leases/{lease_id}/renew",
                         {"lease_duration": self.lease_s},
                     )
+                    if response.status_code in (404, 410):
+                        self._lost(lease_id)
+                        continue
                     response.raise_for_status()
                     self.counters.renewed += 1
                 except Exception:  # a renewal failure must not end the thread
@@ -341,7 +366,11 @@ def send_once(
     Prefect's loop waits 2 s after a 503 even with retries turned off, and a
     SQLite-backed server answers 503 whenever two writes meet.
     """
-    return httpx.Client.send(client, client.build_request(method, path, json=body))
+    request = client.build_request(method, path, json=body)
+    if method != "GET" and getattr(client, "enable_csrf_support", False):
+        # A server with CSRF protection wants Prefect's token on every change.
+        client._add_csrf_headers(request)  # type: ignore[attr-defined]
+    return httpx.Client.send(client, request)
 
 
 def backoff_s(errors: int, rng: random.Random) -> float:

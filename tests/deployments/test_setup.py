@@ -319,3 +319,48 @@ def test_a_run_of_an_enforcing_deployment_accepts_saved_block_references(
         )
     assert ambiguous.value.response.status_code == 409
     assert "valid under each of" in ambiguous.value.response.text
+
+
+def test_pointing_changes_only_the_deployments_never_the_saved_blocks(
+    deployments: Deployments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
+    set_up(
+        SetupSettings(
+            storage_url="s3://kept/prefix",
+            work_pool=POINT_POOL,
+            concurrency_limit=POINT_LIMIT,
+            rate_per_minute=30,
+        )
+    )
+    monkeypatch.delenv("SEGMIND_API_KEY")  # a shell without the key, later
+
+    said = set_up(point_settings())
+
+    assert not any(line.startswith(("block", "work pool", "concurrency")) for line in said)
+    credentials = SegmindCredentials.load(CREDENTIALS_BLOCK)
+    assert credentials.api_key is not None
+    assert credentials.api_key.get_secret_value() == API_KEY
+    assert credentials.rate_limit == f"{POINT_LIMIT}-rate"
+    assert ObjectStorage.load(STORAGE_BLOCK).base_url == "s3://kept/prefix"
+
+
+def test_reset_held_slots_frees_slots_a_restart_left_counted() -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    name = f"reset-{uuid4().hex[:8]}"
+    settings = SetupSettings(
+        storage_url="memory://reset-test", work_pool=POINT_POOL, concurrency_limit=name
+    )
+    set_up(settings)
+    with get_client(sync_client=True) as client:
+        # What a server restart leaves: slots counted, their in-memory leases gone.
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=3))
+        left = client.read_global_concurrency_limit_by_name(name).active_slots
+
+    said = set_up(SetupSettings(**{**settings.__dict__, "reset_held_slots": True}))
+
+    with get_client(sync_client=True) as client:
+        after = client.read_global_concurrency_limit_by_name(name).active_slots
+    assert (left, after) == (3, 0)
+    assert f"concurrency limit {name}: no slot held" in said

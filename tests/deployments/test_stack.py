@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 
 LIMIT = 2
 EMULATOR_MAX_CONCURRENCY = 8
-ROWS_PER_RUN = 8
+ROWS_PER_RUN = 16  # 16 s of calls per run alone on 2 slots: the two runs' calls overlap
 BATCH = "batch/nightly-catalogue"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -66,15 +66,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
         "--concurrency",
         str(LIMIT),
         "--emulator-latency",
-        "0.3",
+        "1.0",
         "--emulator-max-concurrency",
         str(EMULATOR_MAX_CONCURRENCY),
     )
-    assert started.returncode == 0, started.stdout + started.stderr
-    state = StackState.load(directory)
-    assert state is not None
-    yield state
-    _stack(directory, "down")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        state = StackState.load(directory)
+        assert state is not None
+        yield state
+    finally:
+        _stack(directory, "down")  # also after a failed or timed-out up: nothing left behind
 
 
 def _s3(state: StackState) -> Any:
@@ -200,15 +202,16 @@ def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackStat
     assert spans[0][0] < spans[1][1]
     assert spans[1][0] < spans[0][1]
     logs = Path(stack.directory) / "logs"
-    submitted = {
+    started_by = {
         worker: sorted(
-            run_id
-            for run_id in run_ids
-            if f"submitting flow run '{run_id}'" in (logs / f"{worker}.log").read_text()
+            r["name"]
+            for r in runs
+            if f"Flow run '{r['name']}' submitted to infrastructure"
+            in (logs / f"{worker}.log").read_text()
         )
         for worker in ("stack-worker-1", "stack-worker-2")
     }
-    assert sorted(len(ids) for ids in submitted.values()) == [1, 1], submitted
+    assert sorted(len(names) for names in started_by.values()) == [1, 1], started_by
     stats = emulator_stats(stack.emulator_url)
     # 16 calls wanted in flight (8 per run); the shared limit let 2 through at a time.
     assert stats["max_in_flight"] == LIMIT < EMULATOR_MAX_CONCURRENCY
@@ -236,6 +239,18 @@ def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackStat
         decode(data)
         sidecar = json.loads(s3.get_object(Bucket=stack.bucket, Key=f"{key}.json")["Body"].read())
         assert sidecar["output"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_second_up_in_the_same_folder_is_refused_and_starts_nothing(stack: StackState) -> None:
+    before = {p.pid for p in _marked(stack.stack_id)}
+
+    again = _stack(Path(stack.directory), "up", "--port", "0", "--no-ui")
+
+    assert again.returncode == 1
+    assert "already runs" in again.stderr
+    assert StackState.load(Path(stack.directory)) == stack  # the state file is untouched
+    assert {p.pid for p in _marked(stack.stack_id)} - before == set()  # nothing new started
+    assert all(psutil.pid_exists(p.pid) for p in stack.processes)
 
 
 def _marked(stack_id: str) -> list[psutil.Process]:
@@ -273,3 +288,24 @@ def test_down_stops_every_process_and_frees_every_port(stack: StackState) -> Non
     assert not (Path(stack.directory) / "stack.json").exists()
     again = _stack(Path(stack.directory), "status")
     assert "no stack in" in again.stdout
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        refused = _stack(tmp_path, "up", "--port", str(port), "--no-ui")
+
+    assert refused.returncode == 1
+    assert f"port {port} is in use" in refused.stderr
+    state = StackState.load(tmp_path)
+    assert state is None or state.processes == []
+
+
+def test_status_and_down_without_a_stack_say_so(tmp_path: Path) -> None:
+    assert "no stack in" in _stack(tmp_path, "status").stdout
+    stopped = _stack(tmp_path, "down")
+    assert stopped.returncode == 0
+    assert "no stack in" in stopped.stdout

@@ -17,6 +17,7 @@ from tasks.concurrency import (
     rate_tokens,
     require_concurrency_limit,
     segmind_call_slot,
+    shared_slots,
 )
 from tasks.rate_tokens import RateLimitError, RateTokens
 from tests.conftest import EmulatorFactory
@@ -99,19 +100,42 @@ def test_a_missing_rate_limit_says_how_to_create_it() -> None:
         RateTokens("absent-rate").take()
 
 
-def test_the_slot_factory_takes_a_token_then_holds_a_slot() -> None:
+def test_the_token_is_taken_while_the_slot_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens taken before the slot would pile up and start their calls together."""
     rate, inflight = f"rate-{uuid4().hex[:8]}", f"slots-{uuid4().hex[:8]}"
     with get_client(sync_client=True) as client:
         ensure_rate_limit(client, 6000, name=rate)
         ensure_concurrency_limit(client, 1, name=inflight)
+    tokens, slots = rate_tokens(rate), shared_slots(inflight)
+    held_when_taken: list[int] = []
+    take = tokens.take
+
+    def recording_take() -> None:
+        held_when_taken.append(slots.held)
+        take()
+
+    monkeypatch.setattr(tokens, "take", recording_take)
 
     with segmind_call_slot(inflight, rate)(), get_client(sync_client=True) as client:
         held = client.read_global_concurrency_limit_by_name(inflight).active_slots
     with get_client(sync_client=True) as client:
         after = client.read_global_concurrency_limit_by_name(inflight).active_slots
 
-    assert rate_tokens(rate).taken == 1
+    assert held_when_taken == [1]
+    assert tokens.taken == 1
     assert (held, after) == (1, 0)
+
+
+def test_the_rate_limit_comes_from_the_block_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SEGMIND_RATE_LIMIT", raising=False)
+    assert SegmindCredentials().resolved_rate_limit() is None
+    monkeypatch.setenv("SEGMIND_RATE_LIMIT", " segmind-rate ")
+    assert SegmindCredentials().resolved_rate_limit() == "segmind-rate"
+    assert SegmindCredentials(rate_limit="mine").resolved_rate_limit() == "mine"
+    monkeypatch.setenv("SEGMIND_RATE_LIMIT", "")
+    assert SegmindCredentials().resolved_rate_limit() is None
 
 
 def test_the_in_flight_limit_loses_any_decay_an_older_setup_gave_it() -> None:
