@@ -65,10 +65,10 @@ def calls(
         future.result()
 
 
-def _prefect_slot(limit: str | None) -> Any:
+def _prefect_slot(limit: str | None, rate_limit: str | None = None) -> Any:
     """How the tasks held a slot before `SharedSlots`: Prefect's own context manager."""
     if not limit:
-        return segmind_call_slot(limit)
+        return segmind_call_slot(limit, rate_limit)
 
     def slot() -> AbstractContextManager[None]:
         return concurrency(limit, occupy=1, strict=True)

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 
 LIMIT = 2
 EMULATOR_MAX_CONCURRENCY = 8
-ROWS_PER_RUN = 16  # 16 s of calls per run alone on 2 slots: the two runs' calls overlap
+ROWS_PER_RUN = 16  # 8 s of calls per run alone on 2 slots: the two flow runs overlap
 BATCH = "batch/nightly-catalogue"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -194,7 +194,8 @@ def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackStat
         r["state"]["message"] for r in runs
     ]
     # Each worker takes one flow run at a time (--worker-limit 1), and the two runs
-    # overlapped: two workers ran them at the same time.
+    # overlapped: two workers ran them at the same time, their calls competing for
+    # the same 2 slots (the first run's process kept them; see the README).
     spans = [
         (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"]))
         for r in runs
