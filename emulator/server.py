@@ -17,6 +17,7 @@ The standard library's threading HTTP server is used on purpose: the ``reset``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -26,6 +27,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -382,14 +384,22 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refused as refused:
             self._send_error(refused.status, refused.message, refused.headers)
             return
+        # The call stops counting as in flight before its answer is sent: a client
+        # that has the answer may start its next call at once (on a freed slot of a
+        # shared limit, say) without the two ever counting as in flight together.
+        answer: Callable[[], None]
         try:
-            self._v1_generate(endpoint, payload)
+            answer = self._v1_generate(endpoint, payload)
         except _Refused as refused:
-            self._send_error(refused.status, refused.message, refused.headers)
+            answer = functools.partial(
+                self._send_error, refused.status, refused.message, refused.headers
+            )
         finally:
             self.emu.state.leave()
+        answer()
 
-    def _v1_generate(self, endpoint: Endpoint, payload: dict[str, Any]) -> None:
+    def _v1_generate(self, endpoint: Endpoint, payload: dict[str, Any]) -> Callable[[], None]:
+        """Produce the answer to a v1 call; returns what sends it (after the count drops)."""
         fault = self.emu.faults.draw()
         if fault is not None and fault is not FaultKind.TRUNCATE:
             self._inject(fault)
@@ -412,10 +422,11 @@ class _Handler(BaseHTTPRequestHandler):
             engine.release(endpoint)
             self.emu.state.count_fault(fault.value)
             headers["x-remaining-credits"] = _money(self.emu.state.credits_remaining)
-            self._send_truncated(200, generation.image, content_type, headers)
-            return
+            return functools.partial(
+                self._send_truncated, 200, generation.image, content_type, headers
+            )
         engine.charge(endpoint)
-        self._send(200, generation.image, content_type, headers)
+        return functools.partial(self._send, 200, generation.image, content_type, headers)
 
     # v2 ------------------------------------------------------------------
 

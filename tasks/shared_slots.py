@@ -16,7 +16,9 @@ one-second calls: 15-17 s for an ideal 8 s). Measured causes:
 a lease the server granted; nothing is ever taken without one) and changes
 only how a process waits: its threads queue locally in order, only the head
 of the queue asks the server, a slot this process frees goes to its next
-thread at once, a full limit is asked again after at most ``poll_max_s``, and
+thread at once (but after ``fair_turns`` times the limit's size of such
+hand-overs in a row it waits one poll interval, so that another process that
+is asking gets a turn), a full limit is asked again after at most ``poll_max_s``, and
 transient errors are retried after tens of milliseconds. A lease outlives a
 crash by at most ``lease_s``; while held, it is renewed every ``renew_every_s``.
 """
@@ -84,6 +86,8 @@ class SlotCounters:
     release_failures: int = 0
     lost: int = 0
     """Leases the server no longer knew when renewed."""
+    courtesies: int = 0
+    """Hand-overs held back so that another process could take the slot."""
 
 
 class SharedSlots:
@@ -98,6 +102,9 @@ class SharedSlots:
         renew_every_s: How often held leases are renewed.
         refresh_s: How old this process's idea of the limit's size may get.
         max_transient_errors: Retried errors in a row before giving up.
+        fair_turns: After this many times the limit's size of hand-overs in a row
+            inside this process, the next waits ``poll_max_s`` to 2 x ``poll_max_s``
+            before asking, so a process that is waiting gets a turn.
         http: An HTTP client whose base URL is the Prefect API. By default, the
             httpx client inside a Prefect client (its URL, auth headers and TLS
             settings), used without Prefect's retry loop: that loop waits 2 s
@@ -113,6 +120,7 @@ class SharedSlots:
         renew_every_s: float = 60.0,
         refresh_s: float = 30.0,
         max_transient_errors: int = 12,
+        fair_turns: int = 4,
         http: httpx.Client | None = None,
     ) -> None:
         self.name = name
@@ -121,6 +129,7 @@ class SharedSlots:
         self.renew_every_s = renew_every_s
         self.refresh_s = refresh_s
         self.max_transient_errors = max_transient_errors
+        self.fair_turns = fair_turns
         self._http = http
         self._condition = threading.Condition()
         self._queue: deque[object] = deque()
@@ -130,6 +139,7 @@ class SharedSlots:
         self._active = True
         self._size_read_at: float | None = None
         self._renewer: threading.Thread | None = None
+        self._streak = 0
         self._rng = random.Random()  # noqa: S311 - jitter, not crypto
         self.counters = SlotCounters()
 
@@ -186,11 +196,21 @@ class SharedSlots:
         if holder is not None:
             body["holder"] = holder.model_dump(mode="json")
         errors = 0
+        refused = False
         while True:
             with self._condition:
                 self._condition.wait_for(
                     lambda: self._queue[0] is ticket and len(self._leases) < (self._size or 1)
                 )
+                handing_over = bool(self._leases)  # the process holds others: a hand-over
+                courtesy = handing_over and self._streak >= self.fair_turns * (self._size or 1)
+                if courtesy:
+                    self._streak = 0
+                    self.counters.courtesies += 1
+            if courtesy:
+                # Let the freed slot go to another process, if one is asking (they ask
+                # at least every poll_max_s); else this process takes it back.
+                time.sleep(self.poll_max_s * (1.0 + self._rng.random()))
             try:
                 response = self._post("/v2/concurrency_limits/increment-with-lease", body)
                 response.raise_for_status()
@@ -199,6 +219,7 @@ class SharedSlots:
                     raise MissingConcurrencyLimitError(missing_limit_message(self.name))
                 lease_id = UUID(answer["lease_id"])
                 with self._condition:
+                    self._streak = self._streak + 1 if handing_over and not refused else 0
                     self._leases.add(lease_id)
                     self.counters.acquired += 1
                 self._start_renewer()
@@ -207,6 +228,7 @@ class SharedSlots:
                 status = exc.response.status_code
                 if status == 423:
                     errors = 0  # the server answered: transient errors count in a row
+                    refused = True
                     self.counters.refused += 1
                     wait = retry_after_s(exc.response, default=self.poll_max_s)
                     if not self._decays:

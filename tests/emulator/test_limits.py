@@ -41,7 +41,7 @@ def test_v1_beyond_the_concurrency_cap_answers_429(start_emulator: EmulatorFacto
             assert "in flight" in answer.json()["error"]
             assert answer.headers["retry-after"] == "3"
 
-    # A slot is given back just after its answer is sent.
+    # A slot is given back before its answer is sent.
     snap = wait_until(
         lambda: (s := emulator_stats(emulator.url))["in_flight"] == 0 and s,
         what="every slot being given back",
@@ -49,6 +49,23 @@ def test_v1_beyond_the_concurrency_cap_answers_429(start_emulator: EmulatorFacto
     assert snap["max_in_flight"] == 4, "16 overlapping calls fill the cap, and never pass it"
     assert snap["billed"] == ok, "429s are not billed"
     assert snap["by_status"] == {"200": ok, "429": limited}
+
+
+def test_a_call_made_as_soon_as_the_last_answer_arrived_is_never_refused(
+    start_emulator: EmulatorFactory,
+) -> None:
+    """The in-flight count drops before the answer goes out, so a client that keeps one
+    call in flight (the next on a new connection the moment it has the answer) never
+    counts as two: what a shared limit's slot hand-over does."""
+    emulator = start_emulator(max_concurrency=1)
+
+    codes = []
+    for _ in range(150):
+        with emulator_client(emulator.url) as client:  # a new connection each time
+            codes.append(generate(client).status_code)
+
+    assert Counter(codes) == {200: 150}
+    assert emulator_stats(emulator.url)["max_in_flight"] == 1
 
 
 def test_a_burst_of_new_connections_is_answered_at_once(start_emulator: EmulatorFactory) -> None:

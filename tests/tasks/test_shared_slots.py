@@ -798,3 +798,43 @@ def test_a_transient_error_on_reading_the_limit_is_retried(
     assert held == 1
     assert slots.counters.transient_errors == 2
     assert len(transport.requests(f"/v2/concurrency_limits/{name}", method="GET")) == 3
+
+
+def test_a_busy_process_lets_a_waiting_one_take_a_turn(
+    make_limit: Callable[..., str], connect: Callable[..., Any]
+) -> None:
+    """Without the courtesy, the busy process handed every freed slot to itself."""
+    name = make_limit(2)
+    busy = slots_for(name, connect()[0], poll_max_s=0.3, fair_turns=1)
+    late = slots_for(name, connect()[0], poll_max_s=0.3)
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        while not stop.is_set():
+            with busy.hold():
+                stop.wait(0.02)  # the call's duration
+
+    workers = [threading.Thread(target=keep_calling) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_until(lambda: busy.counters.acquired >= 6, timeout=20, what="the busy process")
+        got_in = threading.Event()
+
+        def one_call() -> None:
+            with late.hold():
+                got_in.set()
+
+        late_thread = threading.Thread(target=one_call)
+        late_thread.start()
+        wait_until(got_in.is_set, timeout=30, what="a turn for the waiting process")
+        late_thread.join()
+        still_busy = sum(worker.is_alive() for worker in workers)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+
+    assert still_busy == 6  # it got its turn while the busy process still wanted every slot
+    assert busy.counters.courtesies >= 1
+    assert late.counters.acquired == 1
