@@ -172,6 +172,19 @@ def _flow_run(state: StackState, run_id: str) -> dict[str, Any]:
     return found
 
 
+def _call_ends(state: StackState, run_id: str) -> list[datetime]:
+    """When each Segmind call (task run) of a flow run ended, in order."""
+    with _api(state) as api:
+        response = api.post(
+            "/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200},
+        )
+    response.raise_for_status()
+    ends = [datetime.fromisoformat(t["end_time"]) for t in response.json() if t["end_time"]]
+    assert len(ends) == ROWS_PER_RUN
+    return sorted(ends)
+
+
 def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackState) -> None:
     deployment = _deployment(stack, BATCH)
     # The defaults point at the saved blocks, by reference (what setup put there).
@@ -195,13 +208,17 @@ def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackStat
     ]
     # Each worker takes one flow run at a time (--worker-limit 1), and the two runs
     # overlapped: two workers ran them at the same time, their calls competing for
-    # the same 2 slots (the first run's process kept them; see the README).
+    # the same 2 slots.
     spans = [
         (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"]))
         for r in runs
     ]
     assert spans[0][0] < spans[1][1]
     assert spans[1][0] < spans[0][1]
+    # Their calls interleaved too: the process holding the slots let the other in.
+    calls = [_call_ends(stack, run_id) for run_id in run_ids]
+    assert calls[0][0] < calls[1][-1]
+    assert calls[1][0] < calls[0][-1]
     logs = Path(stack.directory) / "logs"
     started_by = {
         worker: sorted(
