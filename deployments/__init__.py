@@ -1,5 +1,7 @@
-"""Deployments: their definitions (``prefect.yaml``'s twin), setup, and a ``serve`` path.
+"""Deployments: definitions (``prefect.yaml``'s twin), setup, a ``serve`` path, the local stack.
 
-Holding the shared concurrency limit in the tasks and the local stack
-launcher come with the rest of issue 6.
+``definitions.py`` lists every deployment, ``setup.py`` prepares a Prefect
+server for them (work pool, blocks, the ``segmind`` limits), ``serve.py`` runs
+them all from one process, and ``stack.py`` starts and stops the whole local
+stack (Prefect server and UI, the emulator, S3, workers) in one command.
 """
