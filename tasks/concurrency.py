@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, cast
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import (
@@ -97,8 +98,8 @@ def require_concurrency_limit(limit: str | None, rate_limit: str | None = None) 
                 )
 
 
-_registry: dict[tuple[str, str], SharedSlots] = {}
-_registry_lock = threading.Lock()
+_per_process: dict[tuple[type, str, str], Any] = {}
+_per_process_lock = threading.Lock()
 
 
 def shared_slots(limit: str) -> SharedSlots:
@@ -107,23 +108,22 @@ def shared_slots(limit: str) -> SharedSlots:
     One per process and limit, so that every task run of the process queues in
     the same line (see `tasks.shared_slots` for why that keeps slots busy).
     """
-    key = (str(PREFECT_API_URL.value()), limit)
-    with _registry_lock:
-        if key not in _registry:
-            _registry[key] = SharedSlots(limit)
-        return _registry[key]
-
-
-_rate_registry: dict[tuple[str, str], RateTokens] = {}
+    slots: SharedSlots = _one_per_process(SharedSlots, limit)
+    return slots
 
 
 def rate_tokens(rate_limit: str) -> RateTokens:
     """This process's `RateTokens` for ``rate_limit`` on the configured Prefect server."""
-    key = (str(PREFECT_API_URL.value()), rate_limit)
-    with _registry_lock:
-        if key not in _rate_registry:
-            _rate_registry[key] = RateTokens(rate_limit)
-        return _rate_registry[key]
+    tokens: RateTokens = _one_per_process(RateTokens, rate_limit)
+    return tokens
+
+
+def _one_per_process(kind: Callable[[str], Any], name: str) -> Any:
+    key = (cast(type, kind), str(PREFECT_API_URL.value()), name)
+    with _per_process_lock:
+        if key not in _per_process:
+            _per_process[key] = kind(name)
+        return _per_process[key]
 
 
 def ensure_concurrency_limit(
