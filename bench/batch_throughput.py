@@ -25,6 +25,8 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
+# The bench's photo lives in a temporary folder: let the input policy read it.
+os.environ.setdefault("SEGMIND_INPUT_ROOTS", tempfile.gettempdir())
 
 from PIL import Image
 

@@ -21,11 +21,13 @@ from segmind_core.errors import AuthenticationError
 __all__ = [
     "CONCURRENCY_LIMIT_ENV",
     "DEFAULT_CONCURRENCY_LIMIT",
+    "QUEUE_ENV",
     "RATE_LIMIT_ENV",
     "SegmindCredentials",
 ]
 
 CONCURRENCY_LIMIT_ENV = "SEGMIND_CONCURRENCY_LIMIT"
+QUEUE_ENV = "SEGMIND_QUEUE"
 RATE_LIMIT_ENV = "SEGMIND_RATE_LIMIT"
 DEFAULT_CONCURRENCY_LIMIT = "segmind"
 
@@ -92,6 +94,16 @@ class SegmindCredentials(CredentialsBlock):
             "SEGMIND_RATE_LIMIT, else none."
         ),
     )
+    queue: bool | None = Field(
+        default=None,
+        title="Use the v2 queue",
+        description=(
+            "Submit each request to Segmind's queue and poll it, instead of one long /v1 "
+            "call. The request id is stored before polling, so a crashed or retried task "
+            "polls the same request again instead of paying twice. Empty means "
+            "SEGMIND_QUEUE (1/true), else off."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, title="Connect timeout (s)", description="Longest wait to connect."
     )
@@ -156,6 +168,12 @@ class SegmindCredentials(CredentialsBlock):
         """The rate limit each attempt takes a token of, or ``None`` for none."""
         return self.rate_limit or os.environ.get(RATE_LIMIT_ENV, "").strip() or None
 
+    def resolved_queue(self) -> bool:
+        """Whether calls go through the v2 queue: this block, else ``SEGMIND_QUEUE``."""
+        if self.queue is not None:
+            return self.queue
+        return os.environ.get(QUEUE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
     def resolved_base_url(self) -> str:
         """The server root from this block, the environment, or Segmind's."""
         return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
@@ -189,6 +207,7 @@ class SegmindCredentials(CredentialsBlock):
             ),
             "credentials_label": self.label(),
             "logger": logger,
+            "queue": self.resolved_queue(),
         }
         settings.update(overrides)
         return SegmindClient(self.resolved_api_key(), **settings)

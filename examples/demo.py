@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = tempfile.mkdtemp(prefix="segmind-demo-")
         atexit.register(shutil.rmtree, home, ignore_errors=True)
         os.environ["PREFECT_HOME"] = home
+    # Inputs are read only under allowed folders (segmind_core/fetch.py): the demo's photos.
+    if not os.environ.get("SEGMIND_INPUT_ROOTS"):
+        os.environ["SEGMIND_INPUT_ROOTS"] = str(PHOTOS)
     with contextlib.ExitStack() as stack:
         target = stack.enter_context(_segmind_environment(args.real_api))
         print(f"Segmind API: {target}", flush=True)

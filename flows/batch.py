@@ -14,6 +14,9 @@ From a terminal, with credentials and storage from the environment::
 
     python -m flows.batch examples/manifests/catalogue.jsonl --output s3://bucket/prefix
 
+(``--queue`` calls through Segmind's v2 queue: a run killed mid-batch and run
+again polls the requests it had submitted instead of paying for them again.)
+
 It prints progress, then the results manifest's URL as its last line, and
 exits 0 only when the run Completed (1 when it Failed; 2, before anything
 starts, for bad arguments, an unreadable manifest or no API key).
@@ -384,6 +387,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-failed-rows", type=_bounded(int, 0), default=0, help="failures still allowed"
     )
     parser.add_argument("--refresh-cache", action="store_true", help="generate again and pay")
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="call through Segmind's v2 queue (a killed run resumes its requests unpaid)",
+    )
     return parser.parse_args(argv)
 
 
@@ -391,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``python -m flows.batch`` command; returns the exit code."""
     args = _arguments(argv)
     # From the environment: the key is read inside the tasks, never a flow parameter.
-    credentials = SegmindCredentials()
+    credentials = SegmindCredentials(queue=True if args.queue else None)
     try:
         credentials.resolved_api_key()
     except AuthenticationError as exc:

@@ -10,6 +10,15 @@ image, and retries transient failures:
 - 500, 502, 503, 504, timeouts, refused, reset or truncated connections and
   undecodable bodies: exponential backoff with jitter.
 
+With ``queue=True`` the client goes through Segmind's v2 queue instead:
+``POST /v2/{slug}`` returns a request id (told to ``on_submitted`` at once, so
+a caller can persist it), then the status is polled until the request is
+``COMPLETED`` and the output image is downloaded. Polling and downloading are
+free, so their transient failures are retried without paying again, and a
+caller that crashed can pass the persisted `QueuedRequest` as ``resume`` to
+pick the same request up. The queue keeps results for an hour; a result that
+is gone raises `QueuedResultExpiredError`.
+
 At most ``RetryPolicy.max_attempts`` HTTP attempts are made, and no new
 attempt starts once ``RetryPolicy.max_elapsed_s`` would be passed. Every retry
 is logged with its reason and attempt number. Permanent errors (400, 401,
@@ -32,9 +41,10 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
@@ -47,6 +57,7 @@ from segmind_core.errors import (
     BadImageError,
     InsufficientCreditsError,
     NetworkError,
+    QueuedResultExpiredError,
     RateLimitedError,
     RequestRejectedError,
     SegmindError,
@@ -57,7 +68,9 @@ from segmind_core.errors import (
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "QUEUE_RESULT_TTL",
     "GeneratedImage",
+    "QueuedRequest",
     "RetryPolicy",
     "SegmindClient",
     "checked_api_key",
@@ -69,7 +82,48 @@ _SEED_BOUND = 2**31
 _DETAIL_CHARS = 300
 _PILLOW_TO_FORMAT = {"PNG": OutputFormat.PNG, "JPEG": OutputFormat.JPG}
 
+QUEUE_RESULT_TTL = timedelta(hours=1)
+"""How long Segmind's queue keeps a completed request's result."""
+_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
+
 LoggerLike = logging.Logger | logging.LoggerAdapter[Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """A request submitted to Segmind's v2 queue: enough to poll it again later.
+
+    Attributes:
+        request_id: The queue's id for it.
+        slug: The endpoint.
+        submitted_at: When it was accepted (UTC).
+    """
+
+    request_id: str
+    slug: str
+    submitted_at: datetime
+
+    def to_json(self) -> dict[str, str]:
+        """As JSON values, for a pending-request record."""
+        return {
+            "request_id": self.request_id,
+            "slug": self.slug,
+            "submitted_at": self.submitted_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> QueuedRequest:
+        """Read back what `to_json` wrote.
+
+        Raises:
+            ValueError: a record that is not one.
+        """
+        try:
+            submitted = datetime.fromisoformat(str(data["submitted_at"]))
+            return cls(str(data["request_id"]), str(data["slug"]), submitted)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a queued-request record: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -188,6 +242,10 @@ class SegmindClient:
         sleep: Called to wait between attempts.
         attempt_slot: Held around each HTTP attempt (not while waiting to retry): a
             Prefect global concurrency slot, so many workers stay under one limit.
+            In queue mode it is held from the submission until the result is in.
+        queue: Go through the v2 queue (submit, then poll) instead of ``/v1``.
+        poll_interval_s: First wait between two status polls; it grows to 5 s.
+        queue_timeout_s: Longest wait for a queued request to complete.
 
     Example:
         >>> with SegmindClient(api_key="...") as client:  # doctest: +SKIP
@@ -207,9 +265,15 @@ class SegmindClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         attempt_slot: Callable[[], AbstractContextManager[object]] | None = None,
+        queue: bool = False,
+        poll_interval_s: float = 1.0,
+        queue_timeout_s: float = 1800.0,
     ) -> None:
         self._api_key = checked_api_key(api_key, credentials_label)
         self.base_url = base_url.rstrip("/")
+        self.queue = queue
+        self.poll_interval_s = poll_interval_s
+        self.queue_timeout_s = queue_timeout_s
         self.retry = retry or RetryPolicy()
         self.credentials_label = credentials_label
         self.read_timeout_s = read_timeout_s
@@ -238,12 +302,23 @@ class SegmindClient:
         """Close the connection pool."""
         self._http.close()
 
-    def generate(self, slug: str, params: Mapping[str, Any] | SegmindRequest) -> GeneratedImage:
+    def generate(
+        self,
+        slug: str,
+        params: Mapping[str, Any] | SegmindRequest,
+        *,
+        on_submitted: Callable[[QueuedRequest], None] | None = None,
+        resume: QueuedRequest | None = None,
+    ) -> GeneratedImage:
         """Run one generation, retrying transient failures within the policy.
 
         Args:
             slug: Endpoint slug, e.g. ``"flux-kontext-pro"``.
             params: The request body as a mapping, or a validated request model.
+            on_submitted: Queue mode: told of the request as soon as the queue
+                accepted it, before polling (persist it there to resume after a crash).
+            resume: A request submitted earlier (with these same parameters): poll
+                it instead of submitting again. Implies queue mode.
 
         Returns:
             The image and how it was made.
@@ -251,6 +326,7 @@ class SegmindClient:
         Raises:
             InvalidRequestError: the parameters break the contract (nothing was sent).
             PermanentError: the service refused the request; retrying cannot help.
+            QueuedResultExpiredError: the queue no longer has the result.
             TransientError: the retry budget ran out.
         """
         endpoint = get_endpoint(slug)
@@ -259,12 +335,46 @@ class SegmindClient:
             request = request.model_copy(update={"seed": secrets.randbelow(_SEED_BOUND)})
         payload = request.to_payload()
         started = time.monotonic()
+        if self.queue or resume is not None:
+            with self._attempt_slot():
+                submit_attempts = 0
+                if resume is None:
+                    queued, submit_attempts = self._retrying(
+                        slug, started, lambda: self._submit(endpoint, payload)
+                    )
+                    if on_submitted is not None:
+                        on_submitted(queued)
+                else:
+                    queued = resume
+                    self._logger.info(
+                        "Segmind %s: resuming queued request %s (submitted %s); not paying again",
+                        slug,
+                        queued.request_id,
+                        queued.submitted_at.isoformat(timespec="seconds"),
+                    )
+                result, poll_attempts = self._wait_for(endpoint, request, queued)
+            attempts = submit_attempts + poll_attempts
+        else:
+            result, attempts = self._retrying(
+                slug, started, lambda: self._attempt(endpoint, request, payload)
+            )
+        return GeneratedImage(
+            **result,
+            slug=slug,
+            parameters=payload,
+            cost_usd=endpoint.price_usd,
+            latency_s=time.monotonic() - started,
+            attempts=attempts,
+        )
+
+    def _retrying(self, slug: str, started: float, step: Callable[[], T]) -> tuple[T, int]:
+        """``step()``, retried after transient errors within the policy; and the attempts made."""
         deadline = started + self.retry.max_elapsed_s
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = self._attempt(endpoint, request, payload)
+                return step(), attempt
             except SegmindError as error:
                 error.slug, error.attempts = slug, attempt
                 if not isinstance(error, TransientError):
@@ -281,15 +391,170 @@ class SegmindClient:
                     delay,
                 )
                 self._sleep(delay)
-                continue
-            return GeneratedImage(
-                **result,
-                slug=slug,
-                parameters=payload,
-                cost_usd=endpoint.price_usd,
-                latency_s=time.monotonic() - started,
-                attempts=attempt,
+
+    # The v2 queue --------------------------------------------------------
+
+    def _key_header(self) -> dict[str, str]:
+        return {"x-api-key": self._api_key.get_secret_value()}
+
+    def _transport_error(self, exc: httpx.HTTPError, what: str) -> NetworkError:
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(
+                f"no complete answer from Segmind {what} within the timeout "
+                f"({type(exc).__name__}; read timeout {self.read_timeout_s:g} s)"
             )
+        detail = str(exc).replace(self._api_key.get_secret_value(), "[API key]")
+        return NetworkError(
+            f"the connection to Segmind failed {what} ({type(exc).__name__}: {detail})"
+        )
+
+    def _submit(self, endpoint: Endpoint, payload: dict[str, Any]) -> QueuedRequest:
+        """``POST /v2/{slug}``: one attempt to queue the request (paid when it completes)."""
+        try:
+            response = self._http.post(
+                f"/v2/{endpoint.slug}", json=payload, headers=self._key_header()
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, "while submitting to the queue") from None
+        if response.status_code != 200:
+            raise self._error_for(endpoint, response)
+        body = _json_object(response)
+        request_id = body.get("request_id") if body else None
+        if not isinstance(request_id, str) or not request_id:
+            raise NetworkError(
+                "the queue's answer to a submission has no request id "
+                f"({len(response.content)} bytes)",
+                status=200,
+            )
+        return QueuedRequest(request_id, endpoint.slug, datetime.now(UTC))
+
+    def _wait_for(
+        self, endpoint: Endpoint, request: SegmindRequest, queued: QueuedRequest
+    ) -> tuple[dict[str, Any], int]:
+        """Poll ``queued`` until it completed; returns the decoded result and the polls made."""
+        deadline = time.monotonic() + self.queue_timeout_s
+        interval = self.poll_interval_s
+        polls = 0
+        while True:
+            polls += 1
+            body, polled = self._retrying(
+                endpoint.slug,
+                time.monotonic(),
+                lambda: self._queue_get(endpoint, queued, "/status"),
+            )
+            polls += polled - 1
+            status = body.get("status")
+            if status == "COMPLETED":
+                result, fetched = self._retrying(
+                    endpoint.slug,
+                    time.monotonic(),
+                    lambda: self._queued_result(endpoint, request, queued),
+                )
+                return result, polls + fetched
+            if status not in ("QUEUED", "PROCESSING"):
+                raise UnexpectedResponseError(
+                    f"Segmind's queue reports request {queued.request_id} as {status!r}",
+                    slug=endpoint.slug,
+                )
+            if time.monotonic() + interval > deadline:
+                raise NetworkError(
+                    f"queued request {queued.request_id} is still {status} after "
+                    f"{self.queue_timeout_s:g} s; it is kept, and a retry polls it again",
+                    slug=endpoint.slug,
+                )
+            self._sleep(interval)
+            interval = min(5.0, interval * 1.5)
+
+    def _queue_get(self, endpoint: Endpoint, queued: QueuedRequest, suffix: str) -> dict[str, Any]:
+        """``GET /v2/requests/{id}{suffix}``: the request's state, or the error it maps to."""
+        try:
+            response = self._http.get(
+                f"/v2/requests/{queued.request_id}{suffix}", headers=self._key_header()
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, "while polling the queue") from None
+        body = _json_object(response)
+        if response.status_code == 404:
+            raise self._gone(endpoint, queued)
+        if response.status_code == 422 and body is not None and body.get("status") == "FAILED":
+            error = body.get("error")
+            raise RequestRejectedError(
+                f"Segmind's queue reports request {queued.request_id} FAILED"
+                + (f": {str(error)[:_DETAIL_CHARS]}" if error else "")
+                + ". Fix the request; a failed request is not charged.",
+                status=422,
+                detail=None if error is None else str(error)[:_DETAIL_CHARS],
+                slug=endpoint.slug,
+            )
+        if response.status_code != 200:
+            raise self._error_for(endpoint, response)
+        if body is None:
+            raise NetworkError(
+                f"the queue's answer about request {queued.request_id} is not a JSON object",
+                status=200,
+            )
+        return body
+
+    def _gone(self, endpoint: Endpoint, queued: QueuedRequest) -> SegmindError:
+        age = datetime.now(UTC) - queued.submitted_at
+        submitted = queued.submitted_at.isoformat(timespec="seconds")
+        if age >= QUEUE_RESULT_TTL:
+            error = QueuedResultExpiredError(
+                f"the result of queued request {queued.request_id} (submitted {submitted}, "
+                f"{age.total_seconds() / 3600:.1f} h ago) has expired: Segmind keeps results "
+                "for 1 hour. It was paid for if it completed; running it again submits a "
+                "new request and pays again.",
+                status=404,
+                slug=endpoint.slug,
+            )
+            error.request_id = queued.request_id
+            return error
+        return RequestRejectedError(
+            f"404 from Segmind: the queue does not know request {queued.request_id} "
+            f"(submitted {submitted}); was it made with another key or base URL?",
+            status=404,
+            slug=endpoint.slug,
+        )
+
+    def _queued_result(
+        self, endpoint: Endpoint, request: SegmindRequest, queued: QueuedRequest
+    ) -> dict[str, Any]:
+        """The completed request's output, downloaded and decoded (free to repeat)."""
+        body = self._queue_get(endpoint, queued, "")
+        output = body.get("output")
+        if isinstance(output, list) and output:
+            output = output[0]
+        if not isinstance(output, str) or urlsplit(output).scheme not in ("http", "https"):
+            raise UnexpectedResponseError(
+                f"the completed request {queued.request_id} has no output URL",
+                slug=endpoint.slug,
+            )
+        # The key goes to the API only, never to wherever the output is hosted.
+        try:
+            with self._http.stream("GET", output) as response:
+                if response.status_code == 404:
+                    raise self._gone(endpoint, queued)
+                if response.status_code != 200:
+                    raise ServerError(
+                        f"{response.status_code} when downloading the output of queued "
+                        f"request {queued.request_id}",
+                        status=response.status_code,
+                    )
+                content = _read_bounded(response, _MAX_OUTPUT_BYTES)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, "while downloading a queued output") from None
+        found = body.get("metrics")
+        metrics: dict[str, Any] = found if isinstance(found, dict) else {}
+        decoded = self._decode_image(endpoint, request, content, "the queued output")
+        seed = metrics.get("seed")
+        requested = request.requested_seed()
+        decoded["seed"] = (
+            int(seed) if isinstance(seed, int) else (requested if requested is not None else -1)
+        )
+        credits = metrics.get("remaining_credits")
+        decoded["credits_remaining"] = _decimal(None if credits is None else str(credits))
+        decoded["request_id"] = queued.request_id
+        return decoded
 
     def _delay_before_retry(
         self, error: TransientError, attempt: int, deadline: float
@@ -334,15 +599,28 @@ class SegmindClient:
     def _decode(
         self, endpoint: Endpoint, request: SegmindRequest, response: httpx.Response
     ) -> dict[str, Any]:
+        what = f"the 200 answer ({response.headers.get('content-type')})"
+        decoded = self._decode_image(endpoint, request, response.content, what)
+        seed_header = response.headers.get("x-seed-value")
+        requested = request.requested_seed()
+        seed = int(seed_header) if seed_header and seed_header.lstrip("-").isdigit() else requested
+        decoded["seed"] = seed if seed is not None else -1
+        decoded["credits_remaining"] = _decimal(response.headers.get("x-remaining-credits"))
+        decoded["request_id"] = response.headers.get("x-request-id")
+        return decoded
+
+    def _decode_image(
+        self, endpoint: Endpoint, request: SegmindRequest, content: bytes, what: str
+    ) -> dict[str, Any]:
+        """The image fields of a result; `BadImageError` (transient) when it does not decode."""
         slug = endpoint.slug
         try:
-            with Image.open(io.BytesIO(response.content)) as image:
+            with Image.open(io.BytesIO(content)) as image:
                 image.load()
                 pillow_format, width, height = image.format, image.width, image.height
         except (OSError, SyntaxError, ValueError):
             raise BadImageError(
-                "the 200 answer from Segmind is not a decodable image "
-                f"({len(response.content)} bytes of {response.headers.get('content-type')})",
+                f"{what} from Segmind is not a decodable image ({len(content)} bytes)",
                 status=200,
             ) from None
         fmt = _PILLOW_TO_FORMAT.get(pillow_format or "")
@@ -359,18 +637,7 @@ class SegmindClient:
                 fmt.value,
                 request.image_format().value,
             )
-        seed_header = response.headers.get("x-seed-value")
-        requested = request.requested_seed()
-        seed = int(seed_header) if seed_header and seed_header.lstrip("-").isdigit() else requested
-        return {
-            "image": response.content,
-            "format": fmt,
-            "width": width,
-            "height": height,
-            "seed": seed if seed is not None else -1,
-            "credits_remaining": _decimal(response.headers.get("x-remaining-credits")),
-            "request_id": response.headers.get("x-request-id"),
-        }
+        return {"image": content, "format": fmt, "width": width, "height": height}
 
     def _error_for(self, endpoint: Endpoint, response: httpx.Response) -> SegmindError:
         """The typed error for a non-200 answer, with a message that says what to do."""
@@ -433,6 +700,25 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UnexpectedResponseError(f"a queued output is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _detail(response: httpx.Response) -> str | None:

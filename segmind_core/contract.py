@@ -175,9 +175,18 @@ def _check_image_ref(value: str) -> str:
     return value
 
 
+MAX_PROMPT_CHARS = 10_000
+"""Longest prompt sent. Segmind documents no limit; the models read far less than this
+(FLUX's text encoder takes 512 tokens), so a longer one is a mistake, refused unpaid."""
+
+
 def _check_prompt(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
     return value
 
 

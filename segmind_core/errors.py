@@ -7,6 +7,7 @@ The tree::
     │   ├── AuthenticationError      401, 403: the key was missing or rejected
     │   ├── RequestRejectedError     400, 404, 422: the request itself is wrong
     │   ├── InsufficientCreditsError 406: the balance cannot cover the call
+    │   ├── QueuedResultExpiredError a v2 queue result that is gone (kept 1 hour)
     │   └── UnexpectedResponseError  any other status the contract does not list
     └── TransientError               worth retrying after a pause
         ├── RateLimitedError         429 (``retry_after_s`` when the service said)
@@ -33,6 +34,7 @@ __all__ = [
     "InsufficientCreditsError",
     "NetworkError",
     "PermanentError",
+    "QueuedResultExpiredError",
     "RateLimitedError",
     "RequestRejectedError",
     "SegmindError",
@@ -148,3 +150,13 @@ class NetworkError(TransientError):
 
 class BadImageError(TransientError):
     """A 200 whose body is not an image in the expected format."""
+
+
+class QueuedResultExpiredError(PermanentError):
+    """A v2 queue request whose result Segmind no longer keeps (results live one hour).
+
+    Attributes:
+        request_id: The queue's id of the request.
+    """
+
+    request_id: str | None = None

@@ -10,6 +10,14 @@ Steps, each before any money is spent unless said otherwise:
    sidecar is returned as is (a second line of defence behind Prefect's cache,
    e.g. after a crash between writing the image and recording the result).
 5. Call the service (paid), then store the image and, last, its sidecar.
+
+In queue mode (`SegmindClient` with ``queue=True``) step 5 keeps a pending
+record (`OutputStore.save_pending`) from the moment the queue accepts the
+request until its output is stored. A run that finds a pending record for the
+same output polls that request instead of paying for a new one: after a
+crash, a killed worker or a task retry. A request without a pinned seed takes
+over the seed of the pending one (same job id, same parameters otherwise), so
+it resumes too.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from segmind_core.client import SegmindClient
+from segmind_core.client import QueuedRequest, SegmindClient
 from segmind_core.contract import OutputFormat, get_endpoint
+from segmind_core.errors import QueuedResultExpiredError
 from segmind_core.images import ResolvedImage, resolve_image
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import OutputStore, StoredImage, output_key
@@ -145,23 +154,61 @@ def generate_and_store(
         InvalidRequestError: the parameters break the contract (nothing was sent).
         SegmindError: the call failed.
     """
+    seed_drawn = spec.fixed_seed() is None
     spec = with_drawn_seed(spec)
     resolved = resolve_spec_images(spec, outputs.store)
     endpoint = get_endpoint(spec.slug)
+    identities = _pick(resolved, "identity")
     request = endpoint.validate({**spec.canonical_params(), **_pick(resolved, "ref")})
-    digest = request_digest(spec, _pick(resolved, "identity"))
+    digest = request_digest(spec, identities)
     key = output_key(flow_name, day, job_id or digest, request.image_format())
+    unseeded = _unseeded_digest(spec, identities)
+
+    resume: QueuedRequest | None = None
+    pending = outputs.load_pending(key) if client.queue else None
+    if pending is not None:
+        if pending.get("request_digest") == digest:
+            resume = QueuedRequest.from_json(pending)
+        elif seed_drawn and pending.get("unseeded_digest") == unseeded:
+            # The same request but for its drawn seed: take the pending one's seed over.
+            spec = replace(spec, params={**spec.params, "seed": int(pending["seed"])})
+            request = endpoint.validate({**spec.canonical_params(), **_pick(resolved, "ref")})
+            digest = request_digest(spec, identities)
+            resume = QueuedRequest.from_json(pending)
 
     existing = outputs.load(key)
     if existing is not None:
         if existing.metadata.get("request_digest") == digest and not refresh:
+            if resume is not None:
+                outputs.clear_pending(key)  # stored before the record was removed
             return _reference(spec, existing, digest, reused=True)
         # A refresh, or another request under the same job id (a new seed, a changed
         # prompt): never overwrite an image already paid for.
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        pending_key = key
         key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
+        if resume is not None:
+            outputs.clear_pending(pending_key)
+            outputs.save_pending(key, pending or {})
 
-    generated = client.generate(spec.slug, request)
+    def on_submitted(queued: QueuedRequest) -> None:
+        outputs.save_pending(
+            key,
+            {
+                **queued.to_json(),
+                "request_digest": digest,
+                "unseeded_digest": unseeded,
+                "seed": request.requested_seed(),
+                "job_id": job_id,
+            },
+        )
+
+    try:
+        generated = client.generate(spec.slug, request, on_submitted=on_submitted, resume=resume)
+    except QueuedResultExpiredError as error:
+        # Gone upstream: the next run must submit again, not poll a dead id forever.
+        outputs.set_pending_aside(key, error.message)
+        raise
     sidecar = {
         "slug": spec.slug,
         "request_digest": digest,
@@ -181,6 +228,8 @@ def generate_and_store(
         **{name: value for name, value in (run_ids or {}).items()},
     }
     stored = outputs.save(key, generated.image, sidecar)
+    if client.queue or resume is not None:
+        outputs.clear_pending(key)
     return _reference(spec, stored, digest, reused=False).model_copy(
         update={
             "cost_usd": generated.cost_usd,
@@ -189,6 +238,12 @@ def generate_and_store(
             "attempts": generated.attempts,
         }
     )
+
+
+def _unseeded_digest(spec: RequestSpec, identities: Mapping[str, Any]) -> str:
+    """The request digest with the seed left out: what a drawn seed must not change."""
+    params = {name: value for name, value in spec.params.items() if name != "seed"}
+    return request_digest(replace(spec, params=params), identities)
 
 
 def _reference(spec: RequestSpec, stored: StoredImage, digest: str, *, reused: bool) -> EditResult:

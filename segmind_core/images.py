@@ -1,11 +1,15 @@
 """Turning the images a caller has into references an endpoint accepts.
 
-A caller may pass an ``http(s)`` URL (sent as is), a ``data:`` URI, an
-``s3://`` (or other fsspec) URL, a local path, raw bytes or a PIL image.
-Everything but ``http(s)`` URLs is read and checked here, before any money is
-spent (JPEG, PNG, GIF or WEBP; bytes and pixels bounded). With S3 storage,
-such images are sent as presigned URLs (uploaded under ``inputs/{sha256}``
-first when they are not already in the store); otherwise inline as data URIs.
+A caller may pass an ``http(s)`` URL, a ``data:`` URI, an ``s3://`` URL (or
+one on the output store's filesystem), a local path, raw bytes or a PIL
+image. Every one is read and checked here, before any money is spent (JPEG,
+PNG, GIF or WEBP; bytes and pixels bounded, decompression bombs refused from
+the header, before any pixel is decoded). What may be read, from where, is
+`segmind_core.fetch.InputPolicy`: http(s) hosts on public addresses, s3, and
+local files under the configured roots. An ``http(s)`` URL is downloaded only
+to check it and is sent as is (the service fetches it). With S3 storage, other
+images are sent as presigned URLs (uploaded under ``inputs/{sha256}`` first
+when they are not already in the store); otherwise inline as data URIs.
 
 Each resolved image also has an *identity* for the cache key: the sha256 of
 its content, or the URL itself for ``http(s)`` inputs (whose content the
@@ -19,7 +23,7 @@ import hashlib
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit
@@ -28,6 +32,7 @@ import fsspec
 from PIL import Image, UnidentifiedImageError
 
 from segmind_core.errors import PermanentError
+from segmind_core.fetch import FetchRefusedError, InputPolicy, display_url, fetch_http
 from segmind_core.object_store import ObjectStore
 
 __all__ = [
@@ -67,23 +72,36 @@ def _check_image_bytes(field: str, data: bytes, origin: str) -> str:
         raise InvalidInputImageError(
             field, f"{origin} is {len(data)} bytes; the limit is {MAX_INPUT_BYTES}"
         )
+    too_large = (
+        f"{origin} has more pixels than the {MAX_INPUT_PIXELS} allowed, so many that it looks "
+        "like a decompression bomb (refused before decoding)"
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # open() reads the header only: the size is known before any pixel is decoded.
             with Image.open(io.BytesIO(data)) as image:
                 fmt = image.format or ""
-                pixels = image.width * image.height
+                width, height = image.width, image.height
+                if width * height > MAX_INPUT_PIXELS:
+                    raise InvalidInputImageError(
+                        field,
+                        f"{origin} is {width}x{height} = {width * height} pixels, more than "
+                        f"the {MAX_INPUT_PIXELS} allowed (refused before decoding)",
+                    )
                 image.verify()
+    except InvalidInputImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInputImageError(field, too_large) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Warning):
         raise InvalidInputImageError(
-            field, f"{origin} is not a readable image (JPEG, PNG, GIF or WEBP)"
+            field, f"{origin} is not a readable image (JPEG, PNG, GIF or WEBP), or is truncated"
         ) from None
     if fmt not in _MIME_TYPES:
         raise InvalidInputImageError(
             field, f"{origin} is a {fmt} image; the endpoints take JPEG, PNG, GIF or WEBP"
         )
-    if pixels > MAX_INPUT_PIXELS:
-        raise InvalidInputImageError(field, f"{origin} has {pixels} pixels, too many")
     return _MIME_TYPES[fmt]
 
 
@@ -106,35 +124,29 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def to_image_ref(value: ImageInput, *, field: str) -> str:
-    """The reference to send for one input image.
+def to_image_ref(value: ImageInput, *, field: str, policy: InputPolicy | None = None) -> str:
+    """The reference to send for one input image, without checking remote URLs.
 
     Args:
-        value: An ``http(s)`` URL or ``data:`` URI (passed through), a local
-            path, image bytes, or a PIL image.
+        value: An ``http(s)`` URL or ``data:`` URI (passed through unchecked), a
+            local path under the policy's roots, image bytes, or a PIL image.
         field: The parameter name, used in error messages.
+        policy: Where inputs may be read from; `InputPolicy.from_env` by default.
 
     Returns:
         A URL or a ``data:image/...;base64,`` URI.
 
     Raises:
-        InvalidInputImageError: for a missing file, a non-image, an
+        InvalidInputImageError: for a missing or refused file, a non-image, an
             unsupported format or an oversized image.
 
     Example:
         >>> to_image_ref("https://example.com/cat.png", field="input_image")
         'https://example.com/cat.png'
     """
-    if isinstance(value, str):
-        scheme = urlsplit(value).scheme.lower()
-        if scheme in ("http", "https", "data"):
-            return value
-        if len(scheme) > 1:
-            raise InvalidInputImageError(
-                field,
-                f"{scheme}:// inputs are not supported yet; give an http(s) URL or a local path",
-            )
-    data, mime = _read_checked(value, field=field, store=None)
+    if isinstance(value, str) and urlsplit(value).scheme.lower() in ("http", "https", "data"):
+        return value
+    data, mime = _read_checked(value, field=field, store=None, policy=policy)
     return _data_uri(data, mime)
 
 
@@ -161,19 +173,28 @@ def _is_remote_url(text: str) -> bool:
     return urlsplit(text).scheme.lower() in ("http", "https")
 
 
-def read_image_input(value: ImageInput, *, field: str, store: ObjectStore | None = None) -> bytes:
-    """The bytes of an input that is not an http(s) URL, checked to be a usable image.
+def read_image_input(
+    value: ImageInput,
+    *,
+    field: str,
+    store: ObjectStore | None = None,
+    policy: InputPolicy | None = None,
+) -> bytes:
+    """The bytes of an input, read within the policy and checked to be a usable image.
 
-    ``s3://`` and other fsspec URLs are read through ``store`` when it is on the
-    same filesystem (its credentials apply), otherwise with fsspec's defaults.
+    ``s3://`` URLs and URLs on ``store``'s filesystem are read through ``store``
+    when it is on the same filesystem (its credentials apply), otherwise with
+    fsspec's defaults; ``http(s)`` URLs with `segmind_core.fetch.fetch_http`.
 
     Raises:
-        InvalidInputImageError: unreadable, missing, not an image, or too large.
+        InvalidInputImageError: refused, unreadable, missing, not an image, or too large.
     """
-    return _read_checked(value, field=field, store=store)[0]
+    return _read_checked(value, field=field, store=store, policy=policy)[0]
 
 
-def _read_checked(value: ImageInput, *, field: str, store: ObjectStore | None) -> tuple[bytes, str]:
+def _read_checked(
+    value: ImageInput, *, field: str, store: ObjectStore | None, policy: InputPolicy | None
+) -> tuple[bytes, str]:
     """`read_image_input`'s work: the bytes and their MIME type, decoded once."""
     if isinstance(value, Image.Image):
         data = _encode_pil_image(field, value)
@@ -181,38 +202,66 @@ def _read_checked(value: ImageInput, *, field: str, store: ObjectStore | None) -
     if isinstance(value, bytes | bytearray):
         data = bytes(value)
         return data, _check_image_bytes(field, data, "the image bytes")
+    policy = policy if policy is not None else InputPolicy.from_env()
     text = os.fspath(value)
-    scheme = urlsplit(text).scheme.lower() if isinstance(value, str) else ""
-    if scheme == "data":
-        _, _, payload = text.partition(",")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except ValueError:
-            raise InvalidInputImageError(field, "the data URI is not valid base64") from None
-        return data, _check_image_bytes(field, data, "the data URI")
-    if len(scheme) > 1:
-        data = _read_fsspec_url(field, text, store)
-        return data, _check_image_bytes(field, data, text)
-    path = Path(text).expanduser()
+    try:
+        scheme = (
+            policy.check_scheme(text, store.protocol if store is not None else None)
+            if isinstance(value, str)
+            else ""
+        )
+        if scheme == "data":
+            _, _, payload = text.partition(",")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except ValueError:
+                raise InvalidInputImageError(field, "the data URI is not valid base64") from None
+            return data, _check_image_bytes(field, data, "the data URI")
+        if scheme in ("http", "https"):
+            data = fetch_http(text, policy)
+            return data, _check_image_bytes(field, data, display_url(text))
+        if scheme:
+            data = _read_fsspec_url(field, text, store, policy.max_bytes)
+            return data, _check_image_bytes(field, data, display_url(text))
+        path = _local_policy(policy, store).check_local_path(text)
+    except FetchRefusedError as exc:
+        raise InvalidInputImageError(field, str(exc)) from None
     if not path.is_file():
         raise InvalidInputImageError(field, f"no such file: {path}")
+    size = path.stat().st_size
+    if size > policy.max_bytes:
+        raise InvalidInputImageError(
+            field, f"file {path} is {size} bytes; the limit is {policy.max_bytes}"
+        )
     data = path.read_bytes()
     return data, _check_image_bytes(field, data, f"file {path}")
 
 
-def _read_fsspec_url(field: str, url: str, store: ObjectStore | None) -> bytes:
+def _local_policy(policy: InputPolicy, store: ObjectStore | None) -> InputPolicy:
+    """``policy``, plus the output folder when outputs go to a local folder.
+
+    A flow's intermediate image (stored there) is the next step's input.
+    """
+    if store is None or store.protocol != "file" or not store.root:
+        return policy
+    return replace(policy, local_roots=(*policy.local_roots, Path(store.root)))
+
+
+def _read_fsspec_url(field: str, url: str, store: ObjectStore | None, max_bytes: int) -> bytes:
     scheme = urlsplit(url).scheme.lower()
     try:
         if store is not None and scheme == store.protocol:
             size = store.fs.size(url)
-            if size is not None and size > MAX_INPUT_BYTES:
+            if size is not None and size > max_bytes:
                 raise InvalidInputImageError(
-                    field, f"{url} is {size} bytes; the limit is {MAX_INPUT_BYTES}"
+                    field, f"{url} is {size} bytes; the limit is {max_bytes}"
                 )
             data: bytes = store.fs.cat_file(url)
             return data
         with fsspec.open(url, "rb") as handle:
-            data = handle.read(MAX_INPUT_BYTES + 1)
+            data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise InvalidInputImageError(field, f"{url} is over the {max_bytes}-byte limit")
             return data
     except InvalidInputImageError:
         raise
@@ -225,22 +274,29 @@ def _read_fsspec_url(field: str, url: str, store: ObjectStore | None) -> bytes:
 
 
 def resolve_image(
-    value: ImageInput, *, field: str, store: ObjectStore | None = None
+    value: ImageInput,
+    *,
+    field: str,
+    store: ObjectStore | None = None,
+    policy: InputPolicy | None = None,
 ) -> ResolvedImage:
     """Check an input image and decide how to send it.
 
     Args:
-        value: URL, data URI, fsspec URL, local path, bytes or PIL image.
+        value: URL, data URI, s3 URL, local path, bytes or PIL image.
         field: The parameter name, for error messages.
         store: The output store; when it is S3, non-http inputs are sent as
             presigned URLs instead of inline data.
+        policy: Where inputs may be read from; `InputPolicy.from_env` by default.
 
     Raises:
         InvalidInputImageError: before anything is sent, for an unusable input.
     """
     if isinstance(value, str) and _is_remote_url(value):
-        return ResolvedImage(ref=value, identity=value, source=value)
-    data, mime = _read_checked(value, field=field, store=store)
+        # Downloaded to check it (reachable, an image, within bounds); sent as is.
+        _read_checked(value, field=field, store=store, policy=policy)
+        return ResolvedImage(ref=value, identity=value, source=display_url(value))
+    data, mime = _read_checked(value, field=field, store=store, policy=policy)
     digest = hashlib.sha256(data).hexdigest()
     if isinstance(value, str | os.PathLike) and not str(value).startswith("data:"):
         source = os.fspath(value)
@@ -258,7 +314,13 @@ def resolve_image(
     return ResolvedImage(ref=_data_uri(data, mime), identity=f"sha256:{digest}", source=source)
 
 
-def image_identity(value: ImageInput, *, field: str, store: ObjectStore | None = None) -> str:
+def image_identity(
+    value: ImageInput,
+    *,
+    field: str,
+    store: ObjectStore | None = None,
+    policy: InputPolicy | None = None,
+) -> str:
     """The cache identity of an input without uploading it: the URL or the content digest.
 
     Raises:
@@ -266,4 +328,5 @@ def image_identity(value: ImageInput, *, field: str, store: ObjectStore | None =
     """
     if isinstance(value, str) and _is_remote_url(value):
         return value
-    return "sha256:" + hashlib.sha256(read_image_input(value, field=field, store=store)).hexdigest()
+    data = read_image_input(value, field=field, store=store, policy=policy)
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -32,8 +32,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segmind_core.contract import ENDPOINTS, InvalidRequestError, get_endpoint
 from segmind_core.errors import PermanentError
+from segmind_core.fetch import FetchRefusedError, InputPolicy, display_url, fetch_http
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import sanitise_key_part
 
@@ -68,6 +70,8 @@ BACKGROUND_SUFFIX = "-background"
 _FIXED_COLUMNS = ("id", "endpoint", "prompt", "images", "background_prompt")
 _ROW_FIELDS = frozenset({*_FIXED_COLUMNS, "params"})
 _IMAGE_SEPARATOR = "|"
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+_PATH_LIKE_ID = re.compile(r"[/\\]|^\s*\.+\s*$")
 # Stands in for images while parameters are checked; never sent anywhere.
 _PLACEHOLDER_IMAGE = "https://placeholder.invalid/image.png"
 _IMAGE_COUNTS = {
@@ -187,6 +191,7 @@ def load_manifest(
     defaults: Mapping[str, Any] | None = None,
     default_endpoint: str | None = None,
     store: ObjectStore | None = None,
+    policy: InputPolicy | None = None,
     **storage_options: Any,
 ) -> Manifest:
     """Read and check the manifest at a local path or any fsspec URL, setting bad rows aside.
@@ -199,21 +204,39 @@ def load_manifest(
         default_endpoint: The endpoint of rows that name none.
         store: A URL on the same filesystem as this store (``s3://``) is read
             through it, with its credentials.
+        policy: Where a manifest may be read from (`segmind_core.fetch.InputPolicy`,
+            the same rules as input images; from the environment by default).
         storage_options: Passed to fsspec otherwise.
 
     Raises:
         ManifestError: the file cannot be read, has no rows or (CSV) lacks required columns.
     """
+    policy = policy if policy is not None else InputPolicy.from_env()
     try:
-        if store is not None and urlsplit(location).scheme.lower() == store.protocol:
+        scheme = policy.check_scheme(location, store.protocol if store is not None else None)
+        if scheme == "data":
+            raise FetchRefusedError("a manifest cannot be a data: URI")
+        if scheme in ("http", "https"):
+            text = fetch_http(location, replace(policy, max_bytes=MAX_MANIFEST_BYTES)).decode(
+                "utf-8-sig"
+            )
+        elif not scheme:
+            policy.check_local_path(location)
+            with open(Path(location).expanduser(), encoding="utf-8-sig") as handle:
+                text = handle.read()
+        elif store is not None and scheme == store.protocol:
             data: bytes = store.fs.cat_file(location)
             text = data.decode("utf-8-sig")
         else:
             # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
             with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
                 text = handle.read()
+    except FetchRefusedError as exc:
+        raise ManifestError(display_url(location), [f"refused: {exc}"]) from None
     except Exception as exc:  # OSError, ValueError, botocore's NoCredentialsError...
-        raise ManifestError(location, [f"cannot read it: {type(exc).__name__}: {exc}"]) from None
+        raise ManifestError(
+            display_url(location), [f"cannot read it: {type(exc).__name__}: {exc}"]
+        ) from None
     fmt = "csv" if location.lower().endswith(".csv") else "jsonl"
     return check_manifest_text(
         text,
@@ -438,6 +461,11 @@ def _check_row(
     row_id = raw.get("id")
     if not isinstance(row_id, str) or not row_id.strip():
         problems.append(f"{label}: id is required (a non-empty string)")
+    elif _PATH_LIKE_ID.search(row_id):
+        problems.append(
+            f"{label}: id {row_id!r} looks like a path (/, \\ or only dots); ids name outputs "
+            "inside the output folder and must not"
+        )
     else:
         try:
             sanitise_key_part(row_id)

@@ -8,6 +8,11 @@ Visibility protocol: the image is written first and its sidecar last, each in
 one step (`ObjectStore.write`). An image without a sidecar is treated as
 absent (`OutputStore.load` returns ``None``), so a reader never trusts an
 image whose writer did not finish: at worst it makes the image again.
+
+Queue mode keeps a *pending record* per output while its request is in
+Segmind's queue: ``_queue/{key}.json`` with the request id, written before
+the first poll and removed once the output and its sidecar are stored. A run
+that finds one polls that request again instead of paying for a new one.
 """
 
 from __future__ import annotations
@@ -26,9 +31,17 @@ from PIL import Image, UnidentifiedImageError
 from segmind_core.contract import OutputFormat
 from segmind_core.object_store import ObjectStore
 
-__all__ = ["SIDECAR_SUFFIX", "OutputStore", "StoredImage", "output_key", "sanitise_key_part"]
+__all__ = [
+    "PENDING_PREFIX",
+    "SIDECAR_SUFFIX",
+    "OutputStore",
+    "StoredImage",
+    "output_key",
+    "sanitise_key_part",
+]
 
 SIDECAR_SUFFIX = ".json"
+PENDING_PREFIX = "_queue/"
 _MAX_PART = 120
 _PILLOW_FORMATS = {"PNG": OutputFormat.PNG, "JPEG": OutputFormat.JPG}
 
@@ -131,6 +144,38 @@ class OutputStore:
             return None
         return _stored(key, json.loads(raw))
 
+    def save_pending(self, key: str, record: Mapping[str, Any]) -> None:
+        """Record that the output for ``key`` is being made by a queued request."""
+        self.store.write(_pending_key(key), json.dumps(dict(record), indent=2).encode())
+
+    def load_pending(self, key: str) -> dict[str, Any] | None:
+        """The pending record for ``key``, or ``None`` (also for an unreadable one)."""
+        try:
+            raw = self.store.read(_pending_key(key))
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def clear_pending(self, key: str) -> None:
+        """Remove the pending record for ``key``, if there is one."""
+        if self.store.exists(_pending_key(key)):
+            self.store.fs.rm_file(self.store.path(_pending_key(key)))
+
+    def set_pending_aside(self, key: str, reason: str) -> str:
+        """Move the pending record for ``key`` under ``_queue/expired/``; returns its URL."""
+        record = self.load_pending(key) or {}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        url = self.store.write(
+            f"{PENDING_PREFIX}expired/{key}.{stamp}.json",
+            json.dumps({**record, "set_aside_because": reason}, indent=2).encode(),
+        )
+        self.clear_pending(key)
+        return url
+
     def read_verified(self, stored: StoredImage) -> bytes:
         """The image bytes, checked against the sidecar's sha256.
 
@@ -141,6 +186,10 @@ class OutputStore:
         if hashlib.sha256(data).hexdigest() != stored.sha256:
             raise ValueError(f"{stored.url} does not match the sha256 in its sidecar")
         return data
+
+
+def _pending_key(key: str) -> str:
+    return f"{PENDING_PREFIX}{key}{SIDECAR_SUFFIX}"
 
 
 def _stored(key: str, sidecar: dict[str, Any]) -> StoredImage:

@@ -12,6 +12,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from emulator import SegmindEmulator
 from tests.support import API_KEY
 
 EmulatorFactory = Callable[..., SegmindEmulator]
+REPOSITORY = Path(__file__).resolve().parent.parent
 HARNESS_SLOTS = 100
 
 
@@ -65,6 +67,21 @@ def _no_shared_limit_by_default() -> Iterator[None]:
     """
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEGMIND_CONCURRENCY_LIMIT", "")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _inputs_from_loopback_and_temp_folders() -> Iterator[None]:
+    """The input policy the tests run under: the emulator and file servers on
+    127.0.0.1 are allowed, and local inputs may live in temporary folders or
+    the repository. The policy's own tests build their policies explicitly.
+    """
+    from segmind_core.fetch import ALLOW_NETWORKS_ENV, INPUT_ROOTS_ENV
+
+    roots = os.pathsep.join([tempfile.gettempdir(), str(REPOSITORY)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ALLOW_NETWORKS_ENV, "127.0.0.1/32")
+        patch.setenv(INPUT_ROOTS_ENV, roots)
         yield
 
 

@@ -1,0 +1,346 @@
+"""What the worker may read itself, from where, how much and for how long.
+
+Inputs arrive in flow parameters and manifest rows, which anyone who can
+trigger a run controls. Before this project reads one (to check it is an
+image, to hash it for the cache key, to upload it for a presigned URL), the
+reference must pass `InputPolicy`:
+
+- ``http``/``https`` URLs: the host's every address must be public
+  (`check_address`), unless it falls in a network the operator allowed
+  (``SEGMIND_INPUT_ALLOW_NETWORKS``, e.g. a test emulator on 127.0.0.1). The
+  download connects to the address that was checked (no second DNS lookup
+  for a rebinding name to change), follows at most three redirects, each
+  checked the same way, and is bounded in bytes and in total time.
+- ``s3://`` URLs and URLs on the output store's own filesystem.
+- Local paths under the configured roots only (``SEGMIND_INPUT_ROOTS``;
+  the working directory when unset), after resolving ``..`` and symlinks.
+- ``data:`` URIs (inline, nothing is fetched).
+
+Everything else (``file://``, ``ftp://``, ``gopher://``, ``memory://`` when the
+store is elsewhere...) is refused. Error messages name the URL without its
+query string or user info, where presigned signatures and passwords live.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from segmind_core.errors import PermanentError
+
+__all__ = [
+    "ALLOW_NETWORKS_ENV",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "INPUT_ROOTS_ENV",
+    "FetchRefusedError",
+    "InputPolicy",
+    "check_address",
+    "display_url",
+    "fetch_http",
+]
+
+INPUT_ROOTS_ENV = "SEGMIND_INPUT_ROOTS"
+ALLOW_NETWORKS_ENV = "SEGMIND_INPUT_ALLOW_NETWORKS"
+MAX_BYTES_ENV = "SEGMIND_INPUT_MAX_BYTES"
+TIMEOUT_ENV = "SEGMIND_INPUT_TIMEOUT_S"
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 30.0
+MAX_REDIRECTS = 3
+REMOTE_SCHEMES = frozenset({"http", "https"})
+STORE_SCHEMES = frozenset({"s3", "s3a"})
+_CHUNK = 64 * 1024
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+
+
+class FetchRefusedError(PermanentError, ValueError):
+    """An input reference this worker will not read, or could not read within bounds."""
+
+
+def display_url(url: str) -> str:
+    """``url`` for messages: no user info, query or fragment (signatures, passwords)."""
+    parts = urlsplit(url)
+    if not parts.scheme or len(parts.scheme) == 1:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    hidden = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
+
+
+def _as_address(address: str | IPAddress) -> IPAddress:
+    ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def check_address(address: str | IPAddress, allowed: Iterable[IPNetwork] = ()) -> None:
+    """Refuse an address that is not public, unless it is in an ``allowed`` network.
+
+    Not public: private (10/8, 172.16/12, 192.168/16, fc00::/7), loopback,
+    link-local (169.254/16 with the cloud metadata service, fe80::/10),
+    shared (100.64/10), multicast, reserved and unspecified addresses. An
+    IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+
+    Raises:
+        FetchRefusedError: naming the address and why.
+    """
+    ip = _as_address(address)
+    if any(ip in network for network in allowed if network.version == ip.version):
+        return
+    kind = None
+    if ip.is_loopback:
+        kind = "a loopback address"
+    elif ip.is_link_local:
+        kind = "a link-local address (cloud metadata services live there)"
+    elif ip.is_multicast:
+        kind = "a multicast address"
+    elif ip.is_unspecified:
+        kind = "the unspecified address"
+    elif ip.is_private:
+        kind = "a private address"
+    elif not ip.is_global:
+        kind = "not a public address"
+    if kind is not None:
+        raise FetchRefusedError(
+            f"{ip} is {kind}; inputs are fetched from public addresses only "
+            f"(allow a network with {ALLOW_NETWORKS_ENV})"
+        )
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{ALLOW_NETWORKS_ENV}: {item!r} is not an address or network"
+            ) from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """Where inputs may come from, and the bounds on reading one.
+
+    Attributes:
+        local_roots: Local files are read only under these folders.
+        allowed_networks: Non-public networks that http(s) inputs may still use.
+        max_bytes: Largest input read.
+        timeout_s: Longest a download may take in all.
+        resolver: Host name to addresses (the system's DNS by default).
+    """
+
+    local_roots: tuple[Path, ...] = ()
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    resolver: Resolver = field(default=_system_resolver, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> InputPolicy:
+        """The policy from ``SEGMIND_INPUT_*`` variables.
+
+        ``SEGMIND_INPUT_ROOTS`` (folders separated by ``os.pathsep``; the working
+        directory when unset), ``SEGMIND_INPUT_ALLOW_NETWORKS`` (addresses or
+        CIDR networks, comma or space separated; none when unset),
+        ``SEGMIND_INPUT_MAX_BYTES`` and ``SEGMIND_INPUT_TIMEOUT_S``.
+
+        Raises:
+            ValueError: a variable that cannot be read.
+        """
+        env = os.environ if environ is None else environ
+        roots_text = env.get(INPUT_ROOTS_ENV, "").strip()
+        roots = (
+            tuple(Path(part).expanduser() for part in roots_text.split(os.pathsep) if part.strip())
+            if roots_text
+            else (Path.cwd(),)
+        )
+        try:
+            max_bytes = int(env.get(MAX_BYTES_ENV) or DEFAULT_MAX_BYTES)
+            timeout_s = float(env.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+        except ValueError:
+            raise ValueError(f"{MAX_BYTES_ENV} and {TIMEOUT_ENV} must be numbers") from None
+        return cls(
+            local_roots=roots,
+            allowed_networks=_parse_networks(env.get(ALLOW_NETWORKS_ENV, "")),
+            max_bytes=max_bytes,
+            timeout_s=timeout_s,
+        )
+
+    def check_scheme(self, url: str, store_protocol: str | None = None) -> str:
+        """The scheme of ``url`` when this policy reads it; ``""`` for a local path.
+
+        Raises:
+            FetchRefusedError: for any other scheme.
+        """
+        scheme = urlsplit(url).scheme.lower()
+        if len(scheme) <= 1:  # a path ("" or a Windows drive letter)
+            return ""
+        allowed = REMOTE_SCHEMES | STORE_SCHEMES | {"data"}
+        if store_protocol:
+            allowed |= {store_protocol}
+        if scheme not in allowed:
+            hint = " (give a plain path instead)" if scheme == "file" else ""
+            raise FetchRefusedError(
+                f"{scheme}:// inputs are not accepted{hint}: use http(s), s3, or a file "
+                f"under {self.roots_text()}"
+            )
+        return scheme
+
+    def roots_text(self) -> str:
+        """The local roots, for messages."""
+        return ", ".join(str(root) for root in self.local_roots) or "(no local roots configured)"
+
+    def check_local_path(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` resolved (``..`` and symlinks followed), refused outside every root.
+
+        Raises:
+            FetchRefusedError: outside the roots.
+        """
+        resolved = Path(path).expanduser().resolve()
+        for root in self.local_roots:
+            if resolved.is_relative_to(root.expanduser().resolve()):
+                return resolved
+        raise FetchRefusedError(
+            f"{path} is outside the folders inputs may be read from ({self.roots_text()}); "
+            f"set {INPUT_ROOTS_ENV} to allow another"
+        )
+
+    def addresses(self, url: str) -> tuple[str, int, list[str]]:
+        """Host, port and the checked addresses ``url`` would connect to.
+
+        Raises:
+            FetchRefusedError: a bad URL, a name that does not resolve, or any
+                address refused by `check_address`.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in REMOTE_SCHEMES or not parts.hostname:
+            raise FetchRefusedError(f"{display_url(url)} is not an http(s) URL with a host")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise FetchRefusedError(f"{display_url(url)} has an invalid port") from None
+        host = parts.hostname
+        try:
+            found = [host] if _is_ip_literal(host) else self.resolver(host, port)
+        except OSError as exc:
+            raise FetchRefusedError(
+                f"cannot resolve {host} ({type(exc).__name__}): the URL is unreachable"
+            ) from None
+        if not found:
+            raise FetchRefusedError(f"{host} resolves to no address: the URL is unreachable")
+        for address in found:
+            check_address(address, self.allowed_networks)
+        return host, port, found
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def fetch_http(
+    url: str, policy: InputPolicy, *, transport: httpx.BaseTransport | None = None
+) -> bytes:
+    """GET ``url`` within ``policy``: checked addresses, bounded size, time and redirects.
+
+    The connection goes to the address that was checked; the ``Host`` header
+    and TLS server name stay the URL's host, so certificates are verified as usual.
+
+    Raises:
+        FetchRefusedError: refused, unreachable, not 200, too large or too slow.
+    """
+    deadline = time.monotonic() + policy.timeout_s
+    current = url
+    with httpx.Client(
+        timeout=httpx.Timeout(policy.timeout_s), follow_redirects=False, transport=transport
+    ) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            host, _, addresses = policy.addresses(current)
+            pinned = _pinned_url(current, addresses[0])
+            extensions = {"sni_hostname": host} if urlsplit(current).scheme == "https" else {}
+            try:
+                with client.stream(
+                    "GET",
+                    pinned,
+                    headers={"Host": _host_header(current), "Accept-Encoding": "identity"},
+                    extensions=extensions,
+                ) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location", "")
+                        current = urljoin(current, location)
+                        continue
+                    if response.status_code != 200:
+                        raise FetchRefusedError(
+                            f"{display_url(current)} answered {response.status_code}"
+                        )
+                    return _bounded_body(response, current, policy, deadline)
+            except httpx.HTTPError as exc:
+                raise FetchRefusedError(
+                    f"cannot fetch {display_url(current)} ({type(exc).__name__}): "
+                    "the URL is unreachable"
+                ) from None
+    raise FetchRefusedError(f"{display_url(url)} redirects more than {MAX_REDIRECTS} times")
+
+
+def _bounded_body(
+    response: httpx.Response, url: str, policy: InputPolicy, deadline: float
+) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > policy.max_bytes:
+        raise FetchRefusedError(
+            f"{display_url(url)} is {declared} bytes; the limit is {policy.max_bytes}"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes(_CHUNK):
+        size += len(chunk)
+        if size > policy.max_bytes:
+            raise FetchRefusedError(
+                f"{display_url(url)} is more than {policy.max_bytes} bytes, the limit"
+            )
+        if time.monotonic() > deadline:
+            raise FetchRefusedError(
+                f"{display_url(url)} took more than {policy.timeout_s:g} s to download"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _pinned_url(url: str, address: str) -> str:
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{parts.port}" if parts.port else host
