@@ -191,6 +191,10 @@ def _check_prompt(value: str) -> str:
 
 
 ImageRef = Annotated[StrictStr, AfterValidator(_check_image_ref)]
+SEED_LIMIT = 999_999_999_999_999
+FluxSeed = Annotated[StrictInt, Field(ge=-1, le=SEED_LIMIT)]
+"""FLUX seeds: Segmind documents no range; p-image-edit's is used. -1 means "draw one"
+(the client draws it, so -1 itself is never sent); other negative seeds are refused."""
 Prompt = Annotated[StrictStr, AfterValidator(_check_prompt)]
 
 
@@ -236,7 +240,7 @@ class FluxKontextProRequest(SegmindRequest):
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE
     output_format: OutputFormat = OutputFormat.PNG
     safety_tolerance: Annotated[StrictInt, Field(ge=0, le=6)] = 2
-    seed: StrictInt | None = None
+    seed: FluxSeed | None = None
 
     max_tolerance_with_input: ClassVar[int] = 2
 
@@ -263,7 +267,7 @@ class MultiImageKontextProRequest(SegmindRequest):
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE
     output_format: OutputFormat = OutputFormat.PNG
     safety_tolerance: Annotated[StrictInt, Field(ge=0, le=2)] = 2
-    seed: StrictInt | None = None
+    seed: FluxSeed | None = None
 
     def input_images(self) -> list[tuple[str, str]]:
         """Both input images, ``input_image_1`` first."""
@@ -280,7 +284,7 @@ class MultiImageKontextMaxRequest(MultiImageKontextProRequest):
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.R_16_9
     output_format: OutputFormat = OutputFormat.JPG
     safety_tolerance: Annotated[StrictInt, Field(ge=0, le=2)] = 1
-    seed: StrictInt | None = 42
+    seed: FluxSeed | None = 42
 
 
 class PImageEditRequest(SegmindRequest):
@@ -292,7 +296,7 @@ class PImageEditRequest(SegmindRequest):
     image_urls: Annotated[list[ImageRef], Field(min_length=1, max_length=5)]
     aspect_ratio: PImageEditAspectRatio = PImageEditAspectRatio.MATCH_INPUT_IMAGE
     disable_safety_checker: StrictBool = False
-    seed: Annotated[StrictInt, Field(ge=-1, le=999_999_999_999_999)] = 42
+    seed: Annotated[StrictInt, Field(ge=-1, le=SEED_LIMIT)] = 42
 
     def input_images(self) -> list[tuple[str, str]]:
         """Every entry of ``image_urls``, in order."""

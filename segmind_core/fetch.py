@@ -23,9 +23,11 @@ query string or user info, where presigned signatures and passwords live.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,7 +59,6 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 3
 REMOTE_SCHEMES = frozenset({"http", "https"})
 STORE_SCHEMES = frozenset({"s3", "s3a"})
-_CHUNK = 64 * 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,22 +71,39 @@ class FetchRefusedError(PermanentError, ValueError):
 
 def display_url(url: str) -> str:
     """``url`` for messages: no user info, query or fragment (signatures, passwords)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed IPv6 literal
+        return f"{url.split(':', 1)[0]}://(malformed URL)"
     if not parts.scheme or len(parts.scheme) == 1:
         return url
     host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":(invalid port)"
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
     hidden = "?..." if parts.query else ""
     return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
 
 
-def _as_address(address: str | IPAddress) -> IPAddress:
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _judged_addresses(address: str | IPAddress) -> list[IPAddress]:
+    """The address, and every IPv4 address it carries (mapped, NAT64, 6to4)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return [ip]
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    found: list[IPAddress] = [ip]
+    if any(ip in network for network in _NAT64):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    return found
 
 
 def check_address(address: str | IPAddress, allowed: Iterable[IPNetwork] = ()) -> None:
@@ -94,12 +112,18 @@ def check_address(address: str | IPAddress, allowed: Iterable[IPNetwork] = ()) -
     Not public: private (10/8, 172.16/12, 192.168/16, fc00::/7), loopback,
     link-local (169.254/16 with the cloud metadata service, fe80::/10),
     shared (100.64/10), multicast, reserved and unspecified addresses. An
-    IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+    IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4) is judged by
+    that IPv4 address too.
 
     Raises:
         FetchRefusedError: naming the address and why.
     """
-    ip = _as_address(address)
+    allowed = tuple(allowed)
+    for ip in _judged_addresses(address):
+        _check_one(ip, allowed)
+
+
+def _check_one(ip: IPAddress, allowed: tuple[IPNetwork, ...]) -> None:
     if any(ip in network for network in allowed if network.version == ip.version):
         return
     kind = None
@@ -194,11 +218,14 @@ class InputPolicy:
         Raises:
             FetchRefusedError: for any other scheme.
         """
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:
+            raise FetchRefusedError(f"{display_url(url)} is not a valid URL") from None
         if len(scheme) <= 1:  # a path ("" or a Windows drive letter)
             return ""
         allowed = REMOTE_SCHEMES | STORE_SCHEMES | {"data"}
-        if store_protocol:
+        if store_protocol and store_protocol != "file":  # local files go by the roots
             allowed |= {store_protocol}
         if scheme not in allowed:
             hint = " (give a plain path instead)" if scheme == "file" else ""
@@ -234,15 +261,17 @@ class InputPolicy:
             FetchRefusedError: a bad URL, a name that does not resolve, or any
                 address refused by `check_address`.
         """
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in REMOTE_SCHEMES or not parts.hostname:
-            raise FetchRefusedError(f"{display_url(url)} is not an http(s) URL with a host")
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise FetchRefusedError(f"{display_url(url)} is not a valid URL") from None
+        scheme, host = parts.scheme.lower(), parts.hostname
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             raise FetchRefusedError(f"{display_url(url)} has an invalid port") from None
-        host = parts.hostname
+        if scheme not in REMOTE_SCHEMES or not host:
+            raise FetchRefusedError(f"{display_url(url)} is not an http(s) URL with a host")
         try:
             found = [host] if _is_ip_literal(host) else self.resolver(host, port)
         except OSError as exc:
@@ -271,40 +300,71 @@ def fetch_http(
 
     The connection goes to the address that was checked; the ``Host`` header
     and TLS server name stay the URL's host, so certificates are verified as usual.
+    The time bound covers everything (headers trickled a byte at a time too):
+    the download runs in a helper thread, and at the deadline the caller gets
+    its error and the connection is closed under the thread.
 
     Raises:
         FetchRefusedError: refused, unreachable, not 200, too large or too slow.
     """
     deadline = time.monotonic() + policy.timeout_s
-    current = url
-    with httpx.Client(
+    client = httpx.Client(
         timeout=httpx.Timeout(policy.timeout_s), follow_redirects=False, transport=transport
-    ) as client:
-        for _ in range(MAX_REDIRECTS + 1):
-            host, _, addresses = policy.addresses(current)
-            pinned = _pinned_url(current, addresses[0])
-            extensions = {"sni_hostname": host} if urlsplit(current).scheme == "https" else {}
-            try:
-                with client.stream(
-                    "GET",
-                    pinned,
-                    headers={"Host": _host_header(current), "Accept-Encoding": "identity"},
-                    extensions=extensions,
-                ) as response:
-                    if response.is_redirect:
-                        location = response.headers.get("location", "")
-                        current = urljoin(current, location)
-                        continue
+    )
+    outcome: list[bytes | BaseException] = []
+
+    def download() -> None:
+        try:
+            outcome.append(_follow(client, url, policy, deadline))
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    worker = threading.Thread(target=download, name="segmind-input-fetch", daemon=True)
+    worker.start()
+    worker.join(policy.timeout_s)
+    if worker.is_alive() or not outcome:
+        with contextlib.suppress(Exception):
+            client.close()
+        raise FetchRefusedError(
+            f"{display_url(url)} took more than {policy.timeout_s:g} s to download"
+        )
+    client.close()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _follow(client: httpx.Client, url: str, policy: InputPolicy, deadline: float) -> bytes:
+    """GET ``url``, following at most `MAX_REDIRECTS` redirects, each one checked."""
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        host, _, addresses = policy.addresses(current)
+        extensions = {"sni_hostname": host} if urlsplit(current).scheme == "https" else {}
+        try:
+            with client.stream(
+                "GET",
+                _pinned_url(current, addresses[0]),
+                headers={"Host": _host_header(current), "Accept-Encoding": "identity"},
+                extensions=extensions,
+            ) as response:
+                if not response.is_redirect:
                     if response.status_code != 200:
                         raise FetchRefusedError(
                             f"{display_url(current)} answered {response.status_code}"
                         )
                     return _bounded_body(response, current, policy, deadline)
-            except httpx.HTTPError as exc:
-                raise FetchRefusedError(
-                    f"cannot fetch {display_url(current)} ({type(exc).__name__}): "
-                    "the URL is unreachable"
-                ) from None
+                location = response.headers.get("location", "")
+        except httpx.HTTPError as exc:
+            raise FetchRefusedError(
+                f"cannot fetch {display_url(current)} ({type(exc).__name__}): "
+                "the URL is unreachable"
+            ) from None
+        try:
+            current = urljoin(current, location)
+        except ValueError:
+            message = f"{display_url(current)} redirects to a malformed URL"
+            raise FetchRefusedError(message) from None
     raise FetchRefusedError(f"{display_url(url)} redirects more than {MAX_REDIRECTS} times")
 
 
@@ -318,7 +378,7 @@ def _bounded_body(
         )
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes(_CHUNK):
+    for chunk in response.iter_bytes():
         size += len(chunk)
         if size > policy.max_bytes:
             raise FetchRefusedError(

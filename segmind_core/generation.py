@@ -22,6 +22,7 @@ it resumes too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Mapping
@@ -35,13 +36,19 @@ from pydantic import BaseModel, ConfigDict
 
 from segmind_core.client import QueuedRequest, SegmindClient
 from segmind_core.contract import OutputFormat, get_endpoint
-from segmind_core.errors import QueuedResultExpiredError
+from segmind_core.errors import QueuedResultExpiredError, RequestRejectedError
 from segmind_core.images import ResolvedImage, resolve_image
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import OutputStore, StoredImage, output_key
 from segmind_core.request_spec import RequestSpec, request_digest
 
-__all__ = ["EditResult", "generate_and_store", "resolve_spec_images", "with_drawn_seed"]
+__all__ = [
+    "EditResult",
+    "generate_and_store",
+    "resolve_spec_images",
+    "seed_for_run",
+    "with_drawn_seed",
+]
 
 _SEED_BOUND = 2**31
 
@@ -116,11 +123,21 @@ def _pick(
     }
 
 
-def with_drawn_seed(spec: RequestSpec) -> RequestSpec:
-    """``spec`` with a random seed pinned when it had none (or -1)."""
+def with_drawn_seed(spec: RequestSpec, seed: int | None = None) -> RequestSpec:
+    """``spec`` with ``seed`` (else a random one) pinned when it had none (or -1)."""
     if spec.fixed_seed() is not None:
         return spec
-    return replace(spec, params={**spec.params, "seed": secrets.randbelow(_SEED_BOUND)})
+    drawn = seed if seed is not None else secrets.randbelow(_SEED_BOUND)
+    return replace(spec, params={**spec.params, "seed": drawn})
+
+
+def seed_for_run(run_id: object) -> int:
+    """A seed derived from a run id: the same on every retry of that run, new for the next.
+
+    A task retried by Prefect then asks for the same variation (and, in queue
+    mode, finds the request it submitted before) instead of a new one.
+    """
+    return int.from_bytes(hashlib.sha256(str(run_id).encode()).digest()[:8], "big") % _SEED_BOUND
 
 
 def generate_and_store(
@@ -133,6 +150,7 @@ def generate_and_store(
     job_id: str | None = None,
     run_ids: Mapping[str, str | None] | None = None,
     refresh: bool = False,
+    seed: int | None = None,
 ) -> EditResult:
     """Run ``spec`` unless its output is already stored, and store what was paid for.
 
@@ -148,6 +166,7 @@ def generate_and_store(
             A new image whose key is taken (a refresh, or another request under
             the same ``job_id`` on the same day) gets a time-stamped key, so the
             one already paid for is kept.
+        seed: The seed to use when ``spec`` pins none; drawn at random when not given.
 
     Raises:
         InvalidInputImageError: an input cannot be used (nothing was sent).
@@ -155,17 +174,19 @@ def generate_and_store(
         SegmindError: the call failed.
     """
     seed_drawn = spec.fixed_seed() is None
-    spec = with_drawn_seed(spec)
+    spec = with_drawn_seed(spec, seed)
     resolved = resolve_spec_images(spec, outputs.store)
     endpoint = get_endpoint(spec.slug)
     identities = _pick(resolved, "identity")
     request = endpoint.validate({**spec.canonical_params(), **_pick(resolved, "ref")})
     digest = request_digest(spec, identities)
-    key = output_key(flow_name, day, job_id or digest, request.image_format())
+    # The job's own key: where its output goes, and where a queued request's
+    # pending record lives even when the output itself has to go elsewhere.
+    job_key = output_key(flow_name, day, job_id or digest, request.image_format())
     unseeded = _unseeded_digest(spec, identities)
 
     resume: QueuedRequest | None = None
-    pending = outputs.load_pending(key) if client.queue else None
+    pending = outputs.load_pending(job_key) if client.queue else None
     if pending is not None:
         if pending.get("request_digest") == digest:
             resume = QueuedRequest.from_json(pending)
@@ -176,38 +197,54 @@ def generate_and_store(
             digest = request_digest(spec, identities)
             resume = QueuedRequest.from_json(pending)
 
+    key = job_key
+    if resume is not None and pending is not None and pending.get("output_key"):
+        key = str(pending["output_key"])
     existing = outputs.load(key)
     if existing is not None:
-        if existing.metadata.get("request_digest") == digest and not refresh:
+        if existing.metadata.get("request_digest") == digest and (
+            not refresh or resume is not None
+        ):
             if resume is not None:
-                outputs.clear_pending(key)  # stored before the record was removed
+                outputs.clear_pending(job_key)  # stored before the record was removed
             return _reference(spec, existing, digest, reused=True)
         # A refresh, or another request under the same job id (a new seed, a changed
         # prompt): never overwrite an image already paid for.
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        pending_key = key
         key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
-        if resume is not None:
-            outputs.clear_pending(pending_key)
-            outputs.save_pending(key, pending or {})
+
+    submitted: list[QueuedRequest] = []
 
     def on_submitted(queued: QueuedRequest) -> None:
+        submitted.append(queued)
         outputs.save_pending(
-            key,
+            job_key,
             {
                 **queued.to_json(),
                 "request_digest": digest,
                 "unseeded_digest": unseeded,
                 "seed": request.requested_seed(),
                 "job_id": job_id,
+                "output_key": key,
             },
         )
 
     try:
         generated = client.generate(spec.slug, request, on_submitted=on_submitted, resume=resume)
-    except QueuedResultExpiredError as error:
-        # Gone upstream: the next run must submit again, not poll a dead id forever.
-        outputs.set_pending_aside(key, error.message)
+    except (QueuedResultExpiredError, RequestRejectedError) as error:
+        # A queued request that expired or failed can never complete: set its
+        # record aside so the next run submits again instead of polling it.
+        polled = resume is not None or bool(submitted)
+        if polled and outputs.load_pending(job_key) is not None:
+            if isinstance(error, QueuedResultExpiredError) or error.status == 422:
+                outputs.set_pending_aside(job_key, error.message)
+            elif error.status == 404:
+                # Unknown but recent: another base URL or key, say. Paying again is
+                # the user's call, so the record stays and the message names it.
+                error.message += (
+                    f". Its pending record is kept at {outputs.pending_url(job_key)}: "
+                    "delete it to submit the request again (and pay again)"
+                )
         raise
     sidecar = {
         "slug": spec.slug,
@@ -229,7 +266,7 @@ def generate_and_store(
     }
     stored = outputs.save(key, generated.image, sidecar)
     if client.queue or resume is not None:
-        outputs.clear_pending(key)
+        outputs.clear_pending(job_key)
     return _reference(spec, stored, digest, reused=False).model_copy(
         update={
             "cost_usd": generated.cost_usd,

@@ -221,8 +221,7 @@ def load_manifest(
                 "utf-8-sig"
             )
         elif not scheme:
-            policy.check_local_path(location)
-            with open(Path(location).expanduser(), encoding="utf-8-sig") as handle:
+            with open(policy.check_local_path(location), encoding="utf-8-sig") as handle:
                 text = handle.read()
         elif store is not None and scheme == store.protocol:
             data: bytes = store.fs.cat_file(location)

@@ -160,6 +160,10 @@ class OutputStore:
             return None
         return record if isinstance(record, dict) else None
 
+    def pending_url(self, key: str) -> str:
+        """Where the pending record for ``key`` is (or would be)."""
+        return self.store.url(_pending_key(key))
+
     def clear_pending(self, key: str) -> None:
         """Remove the pending record for ``key``, if there is one."""
         if self.store.exists(_pending_key(key)):

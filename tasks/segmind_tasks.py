@@ -42,7 +42,7 @@ from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
 from segmind_core.contract import FluxAspectRatio, OutputFormat, PImageEditAspectRatio
 from segmind_core.errors import TransientError
-from segmind_core.generation import EditResult, generate_and_store
+from segmind_core.generation import EditResult, generate_and_store, seed_for_run
 from segmind_core.images import ImageInput
 from segmind_core.outputs import OutputStore
 from segmind_core.request_spec import RequestSpec
@@ -113,6 +113,9 @@ def _generate(
             job_id=job_id,
             run_ids={"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()},
             refresh=_refreshing(),
+            # Unpinned: one seed per task run, kept by its retries (which then
+            # resume a queued request instead of paying for another variation).
+            seed=seed_for_run(task_run.get_id()) if task_run.get_id() else None,
         )
     if stored.reused:
         logger.info("%s: already stored at %s; nothing paid", spec.slug, stored.url)

@@ -52,12 +52,13 @@ def command_env(home: Path, base_url: str | None, *, key: str | None = API_KEY) 
     """The parent's environment without Prefect or Segmind settings, and Prefect home ``home``.
 
     No ``PREFECT_API_URL``: the command starts its own temporary server, whose
-    database is ``home/prefect.db``.
+    database is ``home/prefect.db``. The input policy (``SEGMIND_INPUT_*``) is kept:
+    the manifests and photos live in temporary folders.
     """
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("PREFECT_", "SEGMIND_"))
+        if not name.startswith(("PREFECT_", "SEGMIND_")) or name.startswith("SEGMIND_INPUT_")
     }
     home.mkdir(parents=True, exist_ok=True)
     env.update(

@@ -49,10 +49,12 @@ class RecordingClient(SegmindClient):
         super().__init__(*args, **kwargs)
         self.sent: list[SegmindRequest] = []
 
-    def generate(self, slug: str, params: Mapping[str, Any] | SegmindRequest) -> GeneratedImage:
+    def generate(
+        self, slug: str, params: Mapping[str, Any] | SegmindRequest, **options: Any
+    ) -> GeneratedImage:
         assert isinstance(params, SegmindRequest)
         self.sent.append(params)
-        return super().generate(slug, params)
+        return super().generate(slug, params, **options)
 
 
 @dataclass

@@ -803,7 +803,7 @@ def test_wrong_key_fails_at_once_naming_the_block(
     assert task_run.state.is_failed()
 
 
-def test_an_input_url_the_service_cannot_fetch_fails_at_once(
+def test_an_unreachable_input_url_fails_at_once_before_any_call(
     emulator: SegmindEmulator, storage: ObjectStorage
 ) -> None:
     credentials = fast_credentials(emulator)
@@ -815,13 +815,11 @@ def test_an_input_url_the_service_cannot_fetch_fails_at_once(
     )
 
     error = raised_by(state)
-    assert isinstance(error, RequestRejectedError)
-    assert error.status == 400
-    assert "400" in str(error)
-    assert "rejected" in str(error)
+    assert isinstance(error, InvalidInputImageError)
     assert "image_urls[0]" in str(error)
+    assert "the URL is unreachable" in str(error)
     stats = emulator_stats(emulator.url)
-    assert stats["requests"] == 1
+    assert stats["requests"] == 0
     assert stats["billed"] == 0
     (task_run,) = task_runs_of(state)
     assert task_run.run_count == 1
