@@ -25,6 +25,7 @@ starts, for bad arguments, an unreadable manifest or no API key).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -280,6 +281,13 @@ _FINAL = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 _RECORDING_TIMEOUT_S = 120.0
 
 
+_SERVER_STARTUP_TIMEOUT_S = 120
+
+
+class TemporaryServerError(RuntimeError):
+    """The local Prefect server the command starts for itself did not come up."""
+
+
 @contextmanager
 def _prefect_api() -> Iterator[bool]:
     """A Prefect API for the run: the configured one, else a temporary local server.
@@ -299,7 +307,20 @@ def _prefect_api() -> Iterator[bool]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start(timeout=get_current_settings().server.ephemeral.startup_timeout_seconds)
+    # Prefect's default (20 s) is too short on a busy machine: the server takes 10-25 s.
+    timeout = max(
+        get_current_settings().server.ephemeral.startup_timeout_seconds,
+        _SERVER_STARTUP_TIMEOUT_S,
+    )
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError:
+        server.stop()
+        raise TemporaryServerError(
+            f"the temporary local Prefect server did not start within {timeout:g} s; "
+            "set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or PREFECT_API_URL "
+            "to use a running server"
+        ) from None
     previous_limit = os.environ.get(CONCURRENCY_LIMIT_ENV)
     os.environ[CONCURRENCY_LIMIT_ENV] = ""
     try:
@@ -411,7 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with _prefect_api() as temporary:
+    with contextlib.ExitStack() as stack:
+        try:
+            temporary = stack.enter_context(_prefect_api())
+        except TemporaryServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         # Saved, the block keeps Prefect's cache records beside the outputs, so the
         # next run (another day, another machine) finds them there. No secret is in it.
         storage.save(_storage_block_name(storage), overwrite=True)

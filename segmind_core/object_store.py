@@ -7,7 +7,11 @@ under its final key, and presigned URLs for S3.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +20,12 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["ObjectStore"]
+__all__ = ["STALE_PART_S", "ObjectStore"]
+
+_PART_SUFFIX = ".part"
+STALE_PART_S = 60.0
+"""Age after which a temporary file of a local write is a killed writer's leftover: a
+live writer renames its own within milliseconds."""
 
 
 @dataclass
@@ -69,18 +78,29 @@ class ObjectStore:
         """Write ``data`` under ``key`` so that no reader ever sees part of it; returns the URL.
 
         S3 and memory replace an object in one step. On a local disk the bytes go
-        to a temporary name first and are renamed into place.
+        to a hidden temporary name first and are renamed into place; temporary
+        files of the same key left by a writer that was killed are removed.
         """
         path = self.path(key)
         parent = posixpath.dirname(path)
         if self.protocol == "file":
             self.fs.makedirs(parent, exist_ok=True)
-            temporary = f"{parent}/.{posixpath.basename(path)}.{uuid.uuid4().hex}.part"
+            name = posixpath.basename(path)
+            temporary = f"{parent}/.{name}.{uuid.uuid4().hex}{_PART_SUFFIX}"
             self.fs.pipe_file(temporary, data)
             self.fs.mv(temporary, path)
+            self._remove_stale_parts(parent, name)
         else:
             self.fs.pipe_file(path, data)
         return self.url(key)
+
+    def _remove_stale_parts(self, parent: str, name: str) -> None:
+        """Remove ``.{name}.*.part`` files older than `STALE_PART_S` (a killed writer's)."""
+        cutoff = time.time() - STALE_PART_S
+        for leftover in glob.glob(f"{glob.escape(parent)}/.{glob.escape(name)}.*{_PART_SUFFIX}"):
+            with contextlib.suppress(OSError):  # another process removed it first
+                if os.path.getmtime(leftover) < cutoff:
+                    os.remove(leftover)
 
     def read(self, key: str) -> bytes:
         """The bytes under ``key``.

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fsspec.core import url_to_fs
 
-from segmind_core.object_store import ObjectStore
+from segmind_core.object_store import STALE_PART_S, ObjectStore
 from tests.conftest import S3Server
 
 ALL_BYTES = bytes(range(256)) * 4
@@ -433,3 +433,29 @@ def test_presigned_url_for_is_none_off_s3(tmp_path: Path, memory_url: str) -> No
     assert local.presigned_url_for(f"file://{local_url}") is None
     assert memory.presigned_url_for(memory_url_of_a) is None
     assert memory.presigned_url_for("s3://outputs/prefix/a.png") is None
+
+
+def test_a_local_write_removes_a_killed_writers_leftovers_of_that_key_only(
+    tmp_path: Path,
+) -> None:
+    store = ObjectStore.from_url(str(tmp_path))
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    stale = folder / ".row-1.png.0123abcd.part"
+    fresh = folder / ".row-1.png.4567cdef.part"  # a live writer's, renamed any moment
+    other = folder / ".row-2.png.89abcdef.part"
+    for leftover in (stale, fresh, other):
+        leftover.write_bytes(b"half an image")
+    old = time.time() - STALE_PART_S - 5
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+
+    store.write("batch/row-1.png", b"the whole image")
+
+    assert (folder / "row-1.png").read_bytes() == b"the whole image"
+    assert not stale.exists()
+    assert fresh.exists()
+    assert other.exists()  # another key's: removed when that key is written
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".row-1.png.4567cdef.part", ".row-2.png.89abcdef.part", "row-1.png"]
+    )
