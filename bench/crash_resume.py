@@ -1,7 +1,7 @@
 """Crash and resume: kill -9 a batch half-way, run it again, and check what was paid and stored.
 
 Run: ``python bench/crash_resume.py [--rows 100] [--latency 0.5] [--max-concurrency 4]
-[--kill-at 0.5] [--storage s3|local] [--in-flight-resumed] [-- EXTRA BATCH ARGS]``.
+[--kill-at 0.5] [--storage s3|local] [--queue] [-- EXTRA BATCH ARGS]``.
 
 An in-process emulator answers every call after ``--latency`` seconds; a moto
 S3 server on 127.0.0.1 holds the input images, the manifest and the outputs
@@ -10,25 +10,39 @@ S3 server on 127.0.0.1 holds the input images, the manifest and the outputs
 process group, with no ``PREFECT_API_URL`` (so the command starts its own
 temporary Prefect server). Once the emulator has billed ``--kill-at`` of the
 rows, it sends SIGKILL to the whole group (the flow-run process and its
-server), then runs the same command again, in the same Prefect home, to the
-end.
+server), waits until every call or job the killed run had started has ended,
+takes stock of the storage, then runs the same command again, in the same
+Prefect home, to the end.
 
 What is checked: the re-run exits 0 and reports every row succeeded; every row
 has exactly one image and one sidecar under its id (no time-stamped copy), the
 image decodes and matches the sidecar's sha256; no image without a sidecar, no
 temporary ``.part`` object; the outputs stored before the kill were not
-written again; the re-run paid exactly for the rows that had no sidecar when
-the killed run's last write had landed, and nothing else.
+written again; the bill is exact, as below.
 
-The calls in flight at the kill were answered and billed by the emulator after
-their client had died, so their images were lost: the script measures them
-(``lost_in_flight``), and total billed = rows + lost_in_flight. With
-``--in-flight-resumed`` (for a mode that keeps the request ids of submitted
-jobs, e.g. Segmind's v2 queue, passed on after ``--``), nothing may be lost:
-total billed = rows.
+``/v1`` (the default): the calls in flight at the kill were answered and
+billed by the emulator after their client had died, so their images were
+lost: ``lost`` = billed once the kill settled - rows stored at the kill
+(at most ``--max-concurrency``). The re-run pays for exactly the rows not
+stored at the kill; total billed = rows + lost.
+
+``--queue`` (Segmind's v2 queue, ``flows.batch --queue``): every job the
+killed run submitted still runs and is billed. A row's pending record
+(``_queue/{key}.json``) is written right after the queue accepts its request
+and removed after its sidecar, so at the kill each submitted job is in one of
+three places: its row stored (a sidecar; the record may still be there if
+the kill fell between the sidecar and the record's removal), its row pending
+(a record, no sidecar: the re-run polls that request, free), or nowhere (the
+kill fell between the queue's answer and the record's write, a window of a
+few milliseconds: the only way to pay twice). So ``lost`` = jobs submitted
+- rows stored - rows pending (no sidecar) at the kill; the re-run submits
+(and pays) exactly rows - stored - pending; total billed = rows + lost; every
+pending row ends with the request id of its record, every row's request id is
+distinct, and no pending record is left.
 
 Prints the numbers and PASS or FAIL; exits 1 on failure; writes
-``bench/results/crash_resume.json``. The pieces are functions that
+``bench/results/crash_resume.json`` (``crash_resume_queue.json`` with
+``--queue``). The pieces are functions that
 ``tests/flows/test_crash_resume.py`` reuses at CI size.
 """
 
@@ -63,11 +77,15 @@ from emulator import SegmindEmulator  # noqa: E402 - after the path fix above
 
 API_KEY = "crash-resume-key-not-secret"
 RESULTS = REPO / "bench" / "results" / "crash_resume.json"
+RESULTS_QUEUE = REPO / "bench" / "results" / "crash_resume_queue.json"
 BUCKET = "crash-resume"
 SIDECAR_SUFFIX = ".json"
+PENDING_DIR = "_queue"
 IMAGE_SUFFIXES = (".png", ".jpg")
 POLL_S = 0.01
 """Interval of every condition polled here (emulator stats, a process group)."""
+QUIET_S = 0.5
+"""How long the emulator's counters must stay still after a kill before they are read."""
 
 _PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG"}
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -222,14 +240,18 @@ class Inventory:
     Attributes:
         images: Output images of each row id (more than one is a duplicate).
         sidecars: Sidecars of each row id.
+        pending: Queue mode's pending records of each row id (``_queue/{key}.json``).
+        set_aside: Pending records set aside (``_queue/expired/``): failed or expired.
         orphans: Images with no sidecar beside them (a writer that did not finish).
         temporaries: Temporary or partial objects (``.part``).
-        strays: Anything else in the outputs' day folders.
+        strays: Anything else in the outputs' day folders or under ``_queue/``.
         other: Keys outside them (Prefect's cache records, results manifests...).
     """
 
     images: dict[str, list[str]] = field(default_factory=dict)
     sidecars: dict[str, list[str]] = field(default_factory=dict)
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    set_aside: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     temporaries: list[str] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)
@@ -238,6 +260,14 @@ class Inventory:
     def stored(self) -> set[str]:
         """Row ids with a sidecar: done, as the product itself decides (`OutputStore.load`)."""
         return {row_id for row_id, keys in self.sidecars.items() if keys}
+
+    def in_queue(self) -> set[str]:
+        """Row ids with a pending record and no sidecar: a re-run polls their request."""
+        return {row_id for row_id, keys in self.pending.items() if keys} - self.stored()
+
+    def stored_with_record(self) -> set[str]:
+        """Row ids with a sidecar whose pending record was not removed yet."""
+        return {row_id for row_id, keys in self.pending.items() if keys} & self.stored()
 
 
 def _row_id(name: str, row_ids: set[str]) -> str | None:
@@ -268,6 +298,9 @@ def take_inventory(objects: Objects, row_ids: Sequence[str], flow: str = "batch"
         if ".part" in name or name.startswith("."):  # ObjectStore: ".{name}.{uuid}.part"
             inventory.temporaries.append(key)
             continue
+        if parts[0] == PENDING_DIR:
+            _sort_pending(inventory, key, parts[1:], ids, flow)
+            continue
         in_day = len(parts) == 3 and parts[0] == flow and _DAY.fullmatch(parts[1]) is not None
         if not in_day:
             inventory.other.append(key)
@@ -285,6 +318,35 @@ def take_inventory(objects: Objects, row_ids: Sequence[str], flow: str = "batch"
         else:
             target.setdefault(row_id, []).append(key)
     return inventory
+
+
+def _sort_pending(
+    inventory: Inventory, key: str, parts: Sequence[str], ids: set[str], flow: str
+) -> None:
+    """File a key under ``_queue/``: ``{flow}/{day}/{id}.{ext}.json`` or ``expired/...``."""
+    if parts and parts[0] == "expired":
+        inventory.set_aside.append(key)
+        return
+    name = parts[-1] if parts else ""
+    in_day = len(parts) == 3 and parts[0] == flow and _DAY.fullmatch(parts[1]) is not None
+    row_id = (
+        _row_id(name[: -len(SIDECAR_SUFFIX)], ids)
+        if in_day and name.endswith(SIDECAR_SUFFIX)
+        else None
+    )
+    if row_id is None:
+        inventory.strays.append(key)
+    else:
+        inventory.pending.setdefault(row_id, []).append(key)
+
+
+def request_ids(objects: Objects, keys: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The ``request_id`` in the first sidecar or pending record of each row."""
+    return {
+        row_id: str(json.loads(objects.read(found[0])).get("request_id"))
+        for row_id, found in sorted(keys.items())
+        if found
+    }
 
 
 def check_outputs(
@@ -352,13 +414,16 @@ def batch_env(
     s3: S3Access | None = None,
     input_roots: Sequence[Path] = (),
     api_key: str = API_KEY,
+    api_url: str | None = None,
 ) -> dict[str, str]:
     """The environment of ``python -m flows.batch``: this one without Prefect, Segmind or AWS.
 
-    No ``PREFECT_API_URL``: the command starts its own temporary Prefect server,
-    whose database lives in ``home`` (and may take up to 120 s to start). No
-    shared concurrency limit. Local input images may be read from
-    ``input_roots`` (``SEGMIND_INPUT_ROOTS``).
+    Without ``api_url``, no ``PREFECT_API_URL``: the command starts its own
+    temporary Prefect server, whose database lives in ``home`` (and may take up
+    to 120 s to start). With it, the command runs against that server (the
+    tests' session server), and no server is started or killed with it. No
+    shared concurrency limit either way (``SEGMIND_CONCURRENCY_LIMIT`` empty).
+    Local input images may be read from ``input_roots`` (``SEGMIND_INPUT_ROOTS``).
     """
     env = {
         name: value
@@ -377,6 +442,8 @@ def batch_env(
         # machine it has taken longer, and the command then fails before any row.
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     if input_roots:
         env["SEGMIND_INPUT_ROOTS"] = os.pathsep.join(str(root) for root in input_roots)
     if s3 is not None:
@@ -385,9 +452,14 @@ def batch_env(
 
 
 def batch_command(
-    manifest: str, output: str, *, max_concurrency: int, extra_args: Sequence[str] = ()
+    manifest: str,
+    output: str,
+    *,
+    max_concurrency: int,
+    queue: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """``python -m flows.batch MANIFEST --output OUTPUT ...``; ``extra_args`` pick a mode."""
+    """``python -m flows.batch MANIFEST --output OUTPUT ...`` (``--queue``: the v2 queue)."""
     return [
         sys.executable,
         "-m",
@@ -397,6 +469,7 @@ def batch_command(
         output,
         "--max-concurrency",
         str(max_concurrency),
+        *(["--queue"] if queue else []),
         *extra_args,
     ]
 
@@ -437,9 +510,14 @@ class KillReport:
         pid: The command's process id, which is also its process group id.
         after_s: Seconds from the start of the command to the kill.
         billed: Calls billed when the kill was sent.
-        in_flight: Calls in flight then (the emulator still answers and bills them).
-        requests: Requests received then.
-        billed_settled: Billed once every call in flight had ended.
+        in_flight: Calls (v1) or jobs (v2) in flight then; the emulator still
+            answers or runs them, and bills them.
+        requests: Requests received then (v1 calls and v2 submissions).
+        billed_settled: Billed once every call and job the killed run had started
+            had ended.
+        jobs_submitted: v2 jobs the emulator accepted from the killed run (its
+            ``QUEUED`` counter, once settled): every submission, paid when it completes.
+        jobs_failed: v2 jobs of the killed run that failed (not paid).
         exited_early: The command ended on its own before the condition held.
     """
 
@@ -449,6 +527,8 @@ class KillReport:
     in_flight: int
     requests: int
     billed_settled: int
+    jobs_submitted: int = 0
+    jobs_failed: int = 0
     exited_early: bool = False
 
 
@@ -475,6 +555,37 @@ def process_group(
             wait_for(lambda: not group_alive(process.pid), timeout=30, what="the group's end")
 
 
+def jobs_unfinished(stats: Mapping[str, Any]) -> int:
+    """v2 jobs accepted and not yet completed or failed."""
+    jobs = stats.get("jobs", {})
+    return int(jobs.get("QUEUED", 0)) - int(jobs.get("COMPLETED", 0)) - int(jobs.get("FAILED", 0))
+
+
+def settled_stats(
+    emulator: SegmindEmulator, *, quiet_s: float = QUIET_S, timeout: float = 60.0
+) -> dict[str, Any]:
+    """The emulator's counters once its calls and jobs have ended and stayed still a while.
+
+    Settled: nothing in flight, no job unfinished, no counter moved for ``quiet_s``.
+    The quiet period covers a request the killed process had fully sent before it
+    died: the emulator may still be reading it, and then counts, runs and bills
+    it. Polled; ``TimeoutError`` when it does not settle.
+    """
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    quiet_since = time.monotonic()
+    while True:
+        stats = emulator.stats()
+        idle = stats["in_flight"] == 0 and jobs_unfinished(stats) == 0
+        if stats != last or not idle:
+            last, quiet_since = stats, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return stats
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the emulator did not settle within {timeout} s: {stats}")
+        time.sleep(POLL_S)
+
+
 def run_and_kill(
     command: Sequence[str],
     env: Mapping[str, str],
@@ -486,8 +597,8 @@ def run_and_kill(
 ) -> KillReport:
     """Start the command, SIGKILL its process group once ``kill_when_billed`` calls are billed.
 
-    Returns once no process of the group is left and the emulator has ended every
-    call that was in flight (and billed those it answered).
+    Returns once no process of the group is left and the emulator has ended (and
+    billed) every call and job that the killed run had started (`settled_stats`).
     """
     started = time.monotonic()
     with process_group(command, env, log) as process:
@@ -499,22 +610,20 @@ def run_and_kill(
         with contextlib.suppress(ProcessLookupError):  # it ended on its own: nothing to kill
             os.killpg(process.pid, signal.SIGKILL)
         exited_early = process.poll() is not None and process.returncode != -signal.SIGKILL
-        # Read after the kill: no call can start any more, and every call started is
-        # counted in ``billed`` or ``in_flight``.
         at_kill = emulator.stats()
         after_s = time.monotonic() - started
-    settled = wait_for(
-        lambda: (stats := emulator.stats())["in_flight"] == 0 and stats,
-        timeout=60,
-        what="the calls in flight at the kill to end",
-    )
+    # The group is gone (``process_group`` waited for it): no new call can come.
+    settled = settled_stats(emulator)
     return KillReport(
         pid=process.pid,
         after_s=round(after_s, 2),
         billed=at_kill["billed"],
-        in_flight=at_kill["in_flight"],
+        # v1 calls in flight, or v2 jobs not finished (those running among them).
+        in_flight=max(at_kill["in_flight"], jobs_unfinished(at_kill)),
         requests=at_kill["requests"],
         billed_settled=settled["billed"],
+        jobs_submitted=int(settled["jobs"].get("QUEUED", 0)),
+        jobs_failed=int(settled["jobs"].get("FAILED", 0)),
         exited_early=exited_early,
     )
 
@@ -554,36 +663,52 @@ class Outcome:
     """Measured numbers of one crash and resume, and the problems found.
 
     Attributes:
+        mode: ``v1`` or ``queue``.
         kill_at_billed: Calls billed that triggered the kill.
         kill: The emulator's counters at the kill.
         stored_at_kill: Rows with a sidecar once the killed run's last write landed.
+        pending_at_kill: Queue mode: rows with a pending record and no sidecar then
+            (the re-run polls their requests).
+        stored_with_record_at_kill: Rows stored whose pending record was not
+            removed yet (the kill fell between the two).
         orphans_at_kill: Images without a sidecar then (their writer was killed between).
         temporaries_at_kill: Temporary objects then (``.part``).
-        lost_in_flight: Calls paid by the killed run whose output was not stored:
-            in flight at the kill, or answered and not yet stored whole.
+        lost: Calls paid (or to be paid) for the killed run whose output was neither
+            stored nor resumable: v1, billed - stored; queue, submitted - stored - pending.
         rerun_billed: Calls the re-run paid.
-        rerun_expected_billed: What it should have paid: the rows not stored at the
-            kill (less ``lost_in_flight`` when in-flight calls are resumed).
-        rerun_paid_rows: Rows with a cost in the re-run's results manifest.
+        rerun_expected_billed: What it should have paid: rows - stored (- pending).
+        rerun_submitted: Queue mode: jobs the re-run submitted.
+        rerun_resumed: Queue mode: pending rows that ended with their record's request id.
+        rerun_paid_rows: Rows with a cost in the re-run's results manifest (queue
+            mode: resumed rows too, whose cost the killed run incurred).
+        pending_after: Pending records left after the re-run.
+        set_aside_after: Records set aside (``_queue/expired/``) after the re-run.
         total_billed: Calls billed by both runs.
     """
 
     rows: int
     storage: str
+    mode: str
     latency_s: float
     max_concurrency: int
     extra_args: list[str]
     kill_at_billed: int
     kill: KillReport
     stored_at_kill: int
+    pending_at_kill: int
+    stored_with_record_at_kill: int
     orphans_at_kill: int
     temporaries_at_kill: int
-    lost_in_flight: int
+    lost: int
     rerun_exit: int
     rerun_s: float
     rerun_billed: int
     rerun_expected_billed: int
+    rerun_submitted: int
+    rerun_resumed: int
     rerun_paid_rows: int
+    pending_after: int
+    set_aside_after: int
     total_billed: int
     problems: list[str]
 
@@ -604,8 +729,8 @@ def crash_and_resume(
     workdir: Path,
     max_concurrency: int,
     kill_at: float = 0.5,
+    queue: bool = False,
     extra_args: Sequence[str] = (),
-    in_flight_resumed: bool = False,
     storage: str = "s3",
     timeout: float = 300.0,
 ) -> Outcome:
@@ -616,7 +741,7 @@ def crash_and_resume(
     row_ids = [str(row["id"]) for row in rows]
     endpoints = {str(row["id"]): str(row["endpoint"]) for row in rows}
     command = batch_command(
-        manifest, output, max_concurrency=max_concurrency, extra_args=extra_args
+        manifest, output, max_concurrency=max_concurrency, queue=queue, extra_args=extra_args
     )
     problems: list[str] = []
     kill_at_billed = max(1, round(len(rows) * kill_at))
@@ -629,17 +754,31 @@ def crash_and_resume(
         log=workdir / "killed-run.log",
         timeout=timeout,
     )
-    # Every process of the run is gone and its calls have ended: what is stored now
-    # is all the killed run left.
+    # Every process of the run is gone and its calls and jobs have ended: what is
+    # stored now is all the killed run left.
     at_kill = take_inventory(objects, row_ids)
     stored_at_kill = at_kill.stored()
+    in_queue = at_kill.in_queue()
+    records_at_kill = request_ids(objects, {row: at_kill.pending[row] for row in in_queue})
     digests_at_kill = sidecar_digests(objects, at_kill)
     if kill.exited_early:
         problems.append("the command ended before the kill: the kill was not mid-batch")
     if not 0 < len(stored_at_kill) < len(rows):
         problems.append(f"{len(stored_at_kill)} of {len(rows)} rows stored at the kill")
-    lost = kill.billed_settled - len(stored_at_kill)
-    # A call paid and not stored was in flight, or answered and being stored, at the kill.
+    if queue:
+        lost = kill.jobs_submitted - len(stored_at_kill) - len(in_queue)
+        if kill.billed_settled != kill.jobs_submitted or kill.jobs_failed:
+            problems.append(f"jobs of the killed run not all billed: {kill}")
+        if not in_queue:
+            problems.append("no request was pending at the kill: nothing to resume")
+        if at_kill.set_aside:
+            problems.append(f"records set aside by the killed run: {at_kill.set_aside[:5]}")
+    else:
+        lost = kill.billed_settled - len(stored_at_kill)
+        if in_queue or at_kill.pending or kill.jobs_submitted:
+            problems.append("pending records or v2 jobs in a v1 run")
+    # A call paid and not stored was in flight, or answered and being stored, at the
+    # kill (queue mode: accepted, its record not yet written).
     if not 0 <= lost <= max_concurrency:
         problems.append(f"{lost} calls paid and not stored; at most {max_concurrency} possible")
 
@@ -648,13 +787,15 @@ def crash_and_resume(
         problems.append(f"the re-run exited {code}: {text[-2000:]}")
     stats = emulator.stats()
     rerun_billed = stats["billed"] - kill.billed_settled
-    not_done = len(rows) - len(stored_at_kill)
-    expected = not_done - (lost if in_flight_resumed else 0)
+    rerun_submitted = int(stats["jobs"].get("QUEUED", 0)) - kill.jobs_submitted
+    not_done = set(row_ids) - stored_at_kill
+    expected = len(not_done) - len(in_queue)
     if rerun_billed != expected:
-        problems.append(f"the re-run paid {rerun_billed} calls; {expected} rows were not done")
-    total_expected = len(rows) + (0 if in_flight_resumed else lost)
-    if stats["billed"] != total_expected:
-        problems.append(f"{stats['billed']} calls billed in all; expected {total_expected}")
+        problems.append(f"the re-run paid {rerun_billed} calls; expected {expected}")
+    if queue and rerun_submitted != expected:
+        problems.append(f"the re-run submitted {rerun_submitted} jobs; expected {expected}")
+    if stats["billed"] != len(rows) + lost:
+        problems.append(f"{stats['billed']} calls billed in all; expected {len(rows) + lost}")
     for marker in ("Traceback", "Error flushing", "| ERROR"):
         if marker in text:
             problems.append(f"the re-run's output has {marker!r}")
@@ -667,17 +808,16 @@ def crash_and_resume(
         failed = [r["id"] for r in results if r.get("status") != "succeeded"]
         if failed:
             problems.append(f"rows not succeeded in the re-run: {failed[:5]}")
-        not_stored = set(row_ids) - stored_at_kill
-        if paid_rows - not_stored:
+        if paid_rows != not_done:
             problems.append(
-                f"the re-run paid again for stored rows: {sorted(paid_rows - not_stored)[:5]}"
+                f"rows with a cost in the re-run: {sorted(paid_rows)[:5]}..., "
+                f"not stored at the kill: {sorted(not_done)[:5]}..."
             )
-        if not in_flight_resumed and paid_rows != not_stored:
-            problems.append(f"the re-run did not pay for {sorted(not_stored - paid_rows)[:5]}")
         cached = {str(r["id"]) for r in results if r.get("cached")}
-        if not stored_at_kill <= cached:
+        if cached != stored_at_kill:
             problems.append(
-                f"stored rows not served from storage: {sorted(stored_at_kill - cached)[:5]}"
+                f"rows served from storage {sorted(cached)[:5]}... are not the rows stored "
+                f"at the kill {sorted(stored_at_kill)[:5]}..."
             )
 
     final, output_problems = check_outputs(objects, row_ids, expected_endpoints=endpoints)
@@ -689,23 +829,40 @@ def crash_and_resume(
     ]
     if rewritten:
         problems.append(f"outputs stored before the kill were written again: {rewritten[:5]}")
+    final_ids = request_ids(objects, final.sidecars)
+    if len(set(final_ids.values())) != len(final_ids) or "None" in final_ids.values():
+        problems.append("two rows' sidecars name the same request id, or none")
+    resumed = {row for row, rid in records_at_kill.items() if final_ids.get(row) == rid}
+    if resumed != set(records_at_kill):
+        problems.append(f"pending rows not resumed: {sorted(set(records_at_kill) - resumed)}")
+    if final.pending:
+        problems.append(f"pending records left after the re-run: {sorted(final.pending)[:5]}")
+    if final.set_aside:
+        problems.append(f"records set aside: {final.set_aside[:5]}")
     return Outcome(
         rows=len(rows),
         storage=storage,
+        mode="queue" if queue else "v1",
         latency_s=emulator.config.latency_s,
         max_concurrency=max_concurrency,
         extra_args=list(extra_args),
         kill_at_billed=kill_at_billed,
         kill=kill,
         stored_at_kill=len(stored_at_kill),
+        pending_at_kill=len(in_queue),
+        stored_with_record_at_kill=len(at_kill.stored_with_record()),
         orphans_at_kill=len(at_kill.orphans),
         temporaries_at_kill=len(at_kill.temporaries),
-        lost_in_flight=lost,
+        lost=lost,
         rerun_exit=code,
         rerun_s=round(rerun_s, 2),
         rerun_billed=rerun_billed,
         rerun_expected_billed=expected,
+        rerun_submitted=rerun_submitted,
+        rerun_resumed=len(resumed),
         rerun_paid_rows=len(paid_rows),
+        pending_after=sum(len(keys) for keys in final.pending.values()),
+        set_aside_after=len(final.set_aside),
         total_billed=stats["billed"],
         problems=problems,
     )
@@ -772,15 +929,19 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of rows billed")
     parser.add_argument("--storage", choices=("s3", "local"), default="s3")
     parser.add_argument(
-        "--in-flight-resumed",
+        "--queue",
         action="store_true",
-        help="expect the calls in flight at the kill to be resumed, not paid again",
+        help="run the batch with --queue (v2): requests in flight at the kill are resumed",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results", type=Path, help=f"default {RESULTS} ({RESULTS_QUEUE.name} with --queue)"
+    )
     parser.add_argument("batch_args", nargs="*", help="after --: more flows.batch options")
     args = parser.parse_args(argv)
     if not 0 < args.kill_at < 1:
         parser.error("--kill-at is a share of the rows, between 0 and 1")
+    if args.results is None:
+        args.results = RESULTS_QUEUE if args.queue else RESULTS
     return args
 
 
@@ -808,14 +969,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir=workdir,
             max_concurrency=args.max_concurrency,
             kill_at=args.kill_at,
+            queue=args.queue,
             extra_args=args.batch_args,
-            in_flight_resumed=args.in_flight_resumed,
             storage=args.storage,
         )
     wall = time.monotonic() - started
     kill = outcome.kill
     print(
-        f"{outcome.rows} rows ({args.storage}), latency {args.latency} s, "
+        f"{outcome.rows} rows ({args.storage}, {outcome.mode}), latency {args.latency} s, "
         f"{args.max_concurrency} in flight, batch args {args.batch_args or 'none'}"
     )
     print(
@@ -824,17 +985,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({outcome.orphans_at_kill} images without sidecar, "
         f"{outcome.temporaries_at_kill} temporary objects)"
     )
-    answered_after = kill.billed_settled - kill.billed
-    print(
-        f"paid and lost: {outcome.lost_in_flight} = {answered_after} in flight at the kill "
-        f"(answered and billed to a dead client) + {outcome.lost_in_flight - answered_after} "
-        "answered before it but not stored whole"
-    )
-    print(
-        f"re-run: exit {outcome.rerun_exit} in {outcome.rerun_s:.1f} s, paid "
-        f"{outcome.rerun_billed} calls ({outcome.rerun_expected_billed} rows were not done), "
-        f"{outcome.rows - outcome.rerun_paid_rows} rows from storage"
-    )
+    if args.queue:
+        print(
+            f"queue at the kill: {kill.jobs_submitted} jobs submitted (all billed: "
+            f"{kill.billed_settled}) = {outcome.stored_at_kill} rows stored + "
+            f"{outcome.pending_at_kill} pending records + {outcome.lost} lost (accepted, no "
+            f"record yet); {outcome.stored_with_record_at_kill} stored rows still had a record"
+        )
+        print(
+            f"re-run: exit {outcome.rerun_exit} in {outcome.rerun_s:.1f} s, resumed "
+            f"{outcome.rerun_resumed} pending requests unpaid, submitted and paid "
+            f"{outcome.rerun_submitted} ({outcome.rerun_billed} billed; expected "
+            f"{outcome.rerun_expected_billed}), {outcome.stored_at_kill} rows from storage; "
+            f"{outcome.pending_after} pending records left"
+        )
+    else:
+        answered_after = kill.billed_settled - kill.billed
+        print(
+            f"paid and lost: {outcome.lost} = {answered_after} in flight at the kill "
+            f"(answered and billed to a dead client) + {outcome.lost - answered_after} "
+            "answered before it but not stored whole"
+        )
+        print(
+            f"re-run: exit {outcome.rerun_exit} in {outcome.rerun_s:.1f} s, paid "
+            f"{outcome.rerun_billed} calls ({outcome.rerun_expected_billed} rows were not "
+            f"done), {outcome.rows - outcome.rerun_paid_rows} rows from storage"
+        )
     print(
         f"total billed {outcome.total_billed} = {outcome.rows} rows + "
         f"{outcome.total_billed - outcome.rows} lost; wall {wall:.1f} s"

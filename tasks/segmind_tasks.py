@@ -24,6 +24,11 @@ Retries happen at two levels, and their product bounds the total:
 
 So one task run makes at most ``max_attempts * (TASK_RETRIES + 1)`` HTTP
 attempts: 18 with the defaults. Only a complete 200 is billed.
+
+A task run without a pinned seed uses a seed derived from its run id, so its
+retries ask for the same image. In queue mode (the credentials block's
+``queue``) a retry then finds the pending record of the request it submitted
+and polls it again instead of paying for another.
 """
 
 from __future__ import annotations

@@ -1,33 +1,40 @@
 """Crash and resume: ``kill -9`` a batch command half-way, run it again, count what was paid.
 
-The command runs as a user runs it (``python -m flows.batch``, its own temporary
-Prefect server, both in one process group that gets SIGKILL), against a
-loopback emulator that takes a little time per call, so the kill lands while
-calls are in flight. Everything is then judged from outside the product: the
-emulator's billing counters and an independent look at the storage (boto3 on
-the moto server, the file system for a local folder).
+The command runs as a user runs it (``python -m flows.batch``, in its own
+process group that gets SIGKILL), against a loopback emulator that takes a
+little time per call, so the kill lands while calls are in flight. Everything
+is then judged from outside the product: the emulator's billing counters and an
+independent look at the storage (boto3 on the moto server).
 
 The expectations are derived from what was observed at the kill, so a re-run
 that paid one call too many, or one too few, fails. The harness is
-``bench/crash_resume.py`` (its full-size run is the benchmark); the assertions
-are spelled out here. The two crash tests start the command twice each
-(10-25 s a start, mostly Prefect's); the last test checks the output check itself.
+``bench/crash_resume.py`` (its full-size run is the benchmark, and
+``--storage local`` runs the scenario into a local folder); the assertions are
+spelled out here.
+
+To stay fast, the command runs against the session's Prefect test server
+(``PREFECT_API_URL`` in its environment) instead of starting a temporary
+server of its own, twice per test; the SIGKILL then hits the flow-run process
+alone. No shared concurrency limit is used (``SEGMIND_CONCURRENCY_LIMIT`` is
+empty), so ``--max-concurrency`` is the only bound.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from bench.crash_resume import (
     API_KEY,
     Inventory,
+    KillReport,
     LocalObjects,
-    Objects,
     S3Access,
     S3Objects,
     batch_command,
@@ -37,6 +44,7 @@ from bench.crash_resume import (
     input_images,
     jsonl,
     manifest_rows,
+    request_ids,
     results_manifest,
     run_and_kill,
     run_to_end,
@@ -45,49 +53,84 @@ from bench.crash_resume import (
 )
 from tests.conftest import EmulatorFactory, S3Server
 
-ROWS = 24
+ROWS = 12
 MAX_CONCURRENCY = 4
-LATENCY_S = 0.25
+KILL_WHEN_BILLED = 6
+"""Past one round of MAX_CONCURRENCY calls: at least two rows are stored at the kill
+(a row's call starts only once a row before it has been stored), and half are left."""
+V1_LATENCY_S = 0.2
+QUEUE_LATENCY_S = 0.5
+"""Under the client's first 1 s wait between status polls: every job completes while
+its client sleeps, and the job whose billing sets off the kill had its pending
+record written 0.5 s before (a few milliseconds after the queue accepted it), and
+the record stays until the next poll, 0.5 s after the kill. So a request is
+always pending at the kill."""
+
+
+@dataclass
+class Crash:
+    """What the tests saw: the kill, the storage then and after the re-run, the bill.
+
+    ``records_at_kill``: the request id in each pending record at the kill, by row.
+    """
+
+    kill: KillReport
+    at_kill: Inventory
+    records_at_kill: dict[str, str]
+    final: Inventory
+    stats: dict[str, Any]
+
+
+def s3_batch(s3: S3Server) -> tuple[str, str, list[dict[str, Any]], S3Objects, S3Access]:
+    """Six input photos and a manifest of ROWS rows in the bucket; outputs go under out/."""
+    client = s3.client()
+    images = []
+    for i, data in enumerate(input_images(6)):
+        client.put_object(Bucket="outputs", Key=f"inputs/photo-{i}.png", Body=data)
+        images.append(f"s3://outputs/inputs/photo-{i}.png")
+    rows = manifest_rows(ROWS, images)
+    client.put_object(Bucket="outputs", Key="manifest.jsonl", Body=jsonl(rows))
+    access = S3Access(s3.endpoint_url, s3.access_key_id, s3.secret_access_key, s3.region)
+    return (
+        "s3://outputs/manifest.jsonl",
+        "s3://outputs/out",
+        rows,
+        S3Objects(client, "outputs", "out"),
+        access,
+    )
 
 
 def crash_then_resume(
-    start_emulator: EmulatorFactory,
-    tmp_path: Path,
-    *,
-    manifest: str,
-    output: str,
-    rows: list[dict[str, Any]],
-    objects: Objects,
-    s3: S3Access | None,
-) -> Inventory:
-    """Kill the batch once half its rows are billed, check the kill, re-run it, check the bill.
+    start_emulator: EmulatorFactory, tmp_path: Path, s3: S3Server, *, queue: bool
+) -> Crash:
+    """Kill the batch once KILL_WHEN_BILLED calls are billed, re-run it, check every output.
 
-    Returns what the storage held at the kill, for the storage-specific checks.
+    The bill is checked by each test, from the numbers returned.
     """
-    emulator = start_emulator(api_key=API_KEY, latency_s=LATENCY_S)
+    manifest, output, rows, objects, access = s3_batch(s3)
+    emulator = start_emulator(api_key=API_KEY, latency_s=QUEUE_LATENCY_S if queue else V1_LATENCY_S)
     row_ids = [row["id"] for row in rows]
-    env = batch_env(tmp_path / "prefect-home", emulator.url, s3=s3, input_roots=[tmp_path])
-    command = batch_command(manifest, output, max_concurrency=MAX_CONCURRENCY)
+    api_url = PREFECT_API_URL.value()
+    assert api_url, "the session's Prefect server is not running"
+    env = batch_env(tmp_path / "prefect-home", emulator.url, s3=access, api_url=api_url)
+    command = batch_command(manifest, output, max_concurrency=MAX_CONCURRENCY, queue=queue)
 
     kill = run_and_kill(
-        command, env, emulator, kill_when_billed=ROWS // 2, log=tmp_path / "killed.log"
+        command, env, emulator, kill_when_billed=KILL_WHEN_BILLED, log=tmp_path / "killed.log"
     )
     killed_log = (tmp_path / "killed.log").read_text(errors="replace")
     assert not kill.exited_early, killed_log[-3000:]
-    # Every process of the group is gone: the flow-run process and its Prefect server.
     assert not group_alive(kill.pid)
+    # ``run_and_kill`` returned once every call and job the killed run had started
+    # had ended (and was billed): what is stored now is all the killed run left.
     at_kill = take_inventory(objects, row_ids)
     stored = at_kill.stored()
     digests_at_kill = sidecar_digests(objects, at_kill)
-    # Mid-batch: some rows done, not all; the calls in flight were answered and
-    # billed by the emulator after their client died.
-    assert ROWS // 2 <= kill.billed < ROWS
-    assert 0 < len(stored) < ROWS, (kill, at_kill)
-    assert kill.billed_settled >= kill.billed + kill.in_flight
-    lost = kill.billed_settled - len(stored)
-    # Paid and never stored: the calls in flight, or answered and being stored, at
-    # the kill. The batch has at most MAX_CONCURRENCY of those at any time.
-    assert 0 <= lost <= MAX_CONCURRENCY, (kill, sorted(stored))
+    records_at_kill = request_ids(objects, at_kill.pending)
+    # Mid-batch: some rows done, not all.
+    assert KILL_WHEN_BILLED <= kill.billed < ROWS
+    assert 2 <= len(stored) < ROWS, (kill, sorted(stored))
+    assert at_kill.temporaries == []  # S3 writes are single PUTs: no partial object
 
     code, text, _ = run_to_end(command, env, log=tmp_path / "rerun.log")
     assert code == 0, text[-4000:]
@@ -95,15 +138,13 @@ def crash_then_resume(
         assert marker not in text, text[-4000:]
     stats = emulator.stats()
     not_done = set(row_ids) - stored
-    # The re-run paid for exactly the rows that had no stored output at the kill...
-    assert stats["billed"] - kill.billed_settled == len(not_done), (kill, sorted(stored))
-    assert stats["billed"] == ROWS + lost
     results = results_manifest(text, objects)
     assert [row["id"] for row in results] == row_ids
     assert all(row["status"] == "succeeded" for row in results), results
-    # ... and for no other: every row stored before the kill came from storage, free.
-    paid = {row["id"] for row in results if float(row["cost_usd"]) > 0}
-    assert paid == not_done
+    # The rows stored before the kill came from storage, free; every other row has
+    # its call's cost (queue mode: also a resumed request, paid for once, by the
+    # killed run's submission).
+    assert {row["id"] for row in results if float(row["cost_usd"]) > 0} == not_done
     assert {row["id"] for row in results if row["cached"]} == stored
 
     # One whole image and one sidecar per row, under its id; nothing half-written.
@@ -114,35 +155,41 @@ def crash_then_resume(
     # What was stored before the kill was not written again.
     final_digests = sidecar_digests(objects, final)
     assert {row_id: final_digests[row_id] for row_id in digests_at_kill} == digests_at_kill
-    return at_kill
+    # Every row's output came from its own request: no two share a request id.
+    ids = request_ids(objects, final.sidecars)
+    assert len(ids) == ROWS
+    assert len(set(ids.values())) == ROWS, ids
+    assert "None" not in ids.values()
+    # No pending record is left, and none was set aside (nothing failed or expired).
+    assert final.pending == {}
+    assert final.set_aside == []
+    assert final.strays == []
+    return Crash(kill, at_kill, records_at_kill, final, stats)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(240)
 def test_a_killed_batch_on_s3_resumes_paying_only_for_rows_not_stored(
-    start_emulator: EmulatorFactory, s3: S3Server, tmp_path: Path
+    prefect_harness: None, start_emulator: EmulatorFactory, s3: S3Server, tmp_path: Path
 ) -> None:
-    client = s3.client()
-    images = []
-    for i, data in enumerate(input_images(6)):
-        client.put_object(Bucket="outputs", Key=f"inputs/photo-{i}.png", Body=data)
-        images.append(f"s3://outputs/inputs/photo-{i}.png")
-    rows = manifest_rows(ROWS, images)
-    client.put_object(Bucket="outputs", Key="manifest.jsonl", Body=jsonl(rows))
-    objects = S3Objects(client, "outputs", "out")
+    crash = crash_then_resume(start_emulator, tmp_path, s3, queue=False)
+    kill, stored = crash.kill, crash.at_kill.stored()
 
-    at_kill = crash_then_resume(
-        start_emulator,
-        tmp_path,
-        manifest="s3://outputs/manifest.jsonl",
-        output="s3://outputs/out",
-        rows=rows,
-        objects=objects,
-        s3=S3Access(s3.endpoint_url, s3.access_key_id, s3.secret_access_key, s3.region),
-    )
+    # /v1: the calls in flight at the kill were answered and billed after their
+    # client died. Paid and never stored: those, or calls answered and being
+    # stored at the kill; the batch has at most MAX_CONCURRENCY of them at a time.
+    assert kill.billed_settled >= kill.billed + kill.in_flight
+    lost = kill.billed_settled - len(stored)
+    assert 0 <= lost <= MAX_CONCURRENCY, (kill, sorted(stored))
+    # The re-run paid for exactly the rows that had no stored output at the kill.
+    assert crash.stats["billed"] - kill.billed_settled == ROWS - len(stored)
+    assert crash.stats["billed"] == ROWS + lost
+    # No queue anywhere.
+    assert kill.jobs_submitted == 0
+    assert crash.stats["jobs"] == {}
+    assert crash.at_kill.pending == {}
 
-    # S3 writes are single PUTs: the kill left no partial object to clean up.
-    assert at_kill.temporaries == []
     # The inputs and the manifest are untouched; the outputs are under out/ only.
+    client = s3.client()
     inputs = client.list_objects_v2(Bucket="outputs", Prefix="inputs/")["Contents"]
     assert len(inputs) == 6
     outside = [
@@ -153,50 +200,48 @@ def test_a_killed_batch_on_s3_resumes_paying_only_for_rows_not_stored(
     assert outside == ["manifest.jsonl"]
 
 
-@pytest.mark.timeout(480)
-def test_a_killed_batch_into_a_local_folder_resumes_and_leaves_no_temporary_file(
-    start_emulator: EmulatorFactory, tmp_path: Path
+@pytest.mark.timeout(240)
+def test_a_killed_queue_batch_resumes_its_pending_requests_without_paying_again(
+    prefect_harness: None, start_emulator: EmulatorFactory, s3: S3Server, tmp_path: Path
 ) -> None:
-    images = []
-    for i, data in enumerate(input_images(6)):
-        path = tmp_path / "inputs" / f"photo-{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        images.append(str(path))
-    rows = manifest_rows(ROWS, images)
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_bytes(jsonl(rows))
-    output = tmp_path / "out"
+    crash = crash_then_resume(start_emulator, tmp_path, s3, queue=True)
+    kill, at_kill = crash.kill, crash.at_kill
+    objects = S3Objects(s3.client(), "outputs", "out")
+    stored, pending = at_kill.stored(), at_kill.in_queue()
 
-    at_kill = crash_then_resume(
-        start_emulator,
-        tmp_path,
-        manifest=str(manifest),
-        output=str(output),
-        rows=rows,
-        objects=LocalObjects(output),
-        s3=None,
+    # Every job the killed run submitted ran to the end and was billed, its client dead.
+    assert kill.jobs_failed == 0
+    assert kill.billed_settled == kill.jobs_submitted
+    # The kill caught requests in the queue, each with its pending record.
+    assert len(pending) >= 1, (kill, sorted(stored))
+    assert all(len(keys) == 1 for keys in at_kill.pending.values()), at_kill.pending
+    assert at_kill.set_aside == []
+    # Each job submitted is a stored row, a pending row, or lost: accepted by the
+    # queue, its record not yet written (a window of milliseconds). A stored row
+    # whose record was still there (the kill fell between the sidecar's write and
+    # the record's removal) is counted once, as stored.
+    lost = kill.jobs_submitted - len(stored) - len(pending)
+    assert 0 <= lost <= MAX_CONCURRENCY - len(pending), (kill, sorted(stored), sorted(pending))
+
+    # The re-run submitted, and paid for, only the rows neither stored nor pending...
+    submitted = crash.stats["jobs"]["QUEUED"] - kill.jobs_submitted
+    assert submitted == ROWS - len(stored) - len(pending)
+    assert crash.stats["billed"] - kill.billed_settled == submitted
+    assert crash.stats["jobs"]["COMPLETED"] == crash.stats["jobs"]["QUEUED"]
+    # ... so in all each row was paid for once, plus the lost submissions.
+    assert crash.stats["billed"] == ROWS + lost
+    # Each pending row's output is its record's request, polled again, not a new one.
+    final_ids = request_ids(objects, crash.final.sidecars)
+    assert {row: final_ids[row] for row in pending} == {
+        row: crash.records_at_kill[row] for row in pending
+    }
+    # Rows stored with their record still there were served from storage (above),
+    # and their record removed (the final listing has no pending record).
+    print(
+        f"queue crash: {kill.jobs_submitted} submitted = {len(stored)} stored + "
+        f"{len(pending)} pending + {lost} lost; "
+        f"{len(at_kill.stored_with_record())} stored with record; re-run submitted {submitted}"
     )
-
-    # A local write goes to a hidden temporary name first, then is renamed: after the
-    # re-run no temporary file and no image without its sidecar is left anywhere
-    # under the output folder (outputs, cache records, results manifests).
-    leftovers = [path for path in output.rglob("*") if path.is_file() and ".part" in path.name]
-    assert leftovers == [], (leftovers, at_kill.temporaries)
-    images_without_sidecar = [
-        path
-        for path in output.rglob("*")
-        if path.suffix in (".png", ".jpg") and not Path(f"{path}.json").is_file()
-    ]
-    assert images_without_sidecar == []
-    # Every image's sidecar names it and its digest.
-    sidecars = sorted(output.glob("batch/*/row-*.json"))
-    assert len(sidecars) == ROWS
-    for sidecar_path in sidecars:
-        sidecar = json.loads(sidecar_path.read_text())
-        image = Path(sidecar["output"]["url"])
-        assert image == sidecar_path.with_suffix("")
-        assert hashlib.sha256(image.read_bytes()).hexdigest() == sidecar["output"]["sha256"]
 
 
 def test_the_output_check_sees_duplicates_orphans_temporaries_and_broken_images(
@@ -224,6 +269,15 @@ def test_the_output_check_sees_duplicates_orphans_temporaries_and_broken_images(
     (day / ".row-0004.png.0123abcd.part").write_bytes(good[:10])  # a rename that never came
     store("row-0005.png", good, slug="flux-kontext-pro")
     ids = [f"row-{i:04d}" for i in range(7)]
+    # Queue mode's pending records: one of a stored row (the kill fell between its
+    # sidecar and the record's removal), one of a row in the queue, one set aside.
+    queue = tmp_path / "_queue" / "batch" / "2026-11-21"
+    queue.mkdir(parents=True)
+    (queue / "row-0000.png.json").write_text(json.dumps({"request_id": "r-0"}))
+    (queue / "row-0006.jpg.json").write_text(json.dumps({"request_id": "r-6"}))
+    expired = tmp_path / "_queue" / "expired" / "batch" / "2026-11-21"
+    expired.mkdir(parents=True)
+    (expired / "row-0002.png.20261121T120000Z.json").write_text("{}")
 
     inventory, problems = check_outputs(
         LocalObjects(tmp_path), ids, expected_endpoints=dict.fromkeys(ids, "p-image-edit")
@@ -232,6 +286,16 @@ def test_the_output_check_sees_duplicates_orphans_temporaries_and_broken_images(
     assert inventory.orphans == ["batch/2026-11-21/row-0002.png"]
     assert inventory.temporaries == ["batch/2026-11-21/.row-0004.png.0123abcd.part"]
     assert inventory.stored() == {"row-0000", "row-0001", "row-0003", "row-0004", "row-0005"}
+    assert inventory.in_queue() == {"row-0006"}
+    assert inventory.stored_with_record() == {"row-0000"}
+    assert inventory.set_aside == [
+        "_queue/expired/batch/2026-11-21/row-0002.png.20261121T120000Z.json"
+    ]
+    assert request_ids(LocalObjects(tmp_path), inventory.pending) == {
+        "row-0000": "r-0",
+        "row-0006": "r-6",
+    }
+    assert inventory.strays == []
     assert len(inventory.images["row-0001"]) == 2
     assert not [problem for problem in problems if problem.startswith("row-0000")], problems
     reported = "\n".join(problems)
