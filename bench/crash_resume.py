@@ -33,12 +33,12 @@ and removed after its sidecar, so at the kill each submitted job is in one of
 three places: its row stored (a sidecar; the record may still be there if
 the kill fell between the sidecar and the record's removal), its row pending
 (a record, no sidecar: the re-run polls that request, free), or nowhere (the
-kill fell between the queue's answer and the record's write, a window of a
-few milliseconds: the only way to pay twice). So ``lost`` = jobs submitted
-- rows stored - rows pending (no sidecar) at the kill; the re-run submits
-(and pays) exactly rows - stored - pending; total billed = rows + lost; every
-pending row ends with the request id of its record, every row's request id is
-distinct, and no pending record is left.
+kill fell between the queue's answer and the end of the record's write, one
+storage write, milliseconds to tens of them: the only way to pay twice).
+So ``lost`` = jobs submitted - rows stored - rows pending (no sidecar) at
+the kill; the re-run submits (and pays) exactly rows - stored - pending;
+total billed = rows + lost; every pending row ends with the request id of its
+record, every row's request id is distinct, and no pending record is left.
 
 Prints the numbers and PASS or FAIL; exits 1 on failure; writes
 ``bench/results/crash_resume.json`` (``crash_resume_queue.json`` with

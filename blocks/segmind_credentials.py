@@ -104,6 +104,15 @@ class SegmindCredentials(CredentialsBlock):
             "SEGMIND_QUEUE (1/true), else off."
         ),
     )
+    queue_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        title="Queue timeout (s)",
+        description=(
+            "Queue mode: longest wait for a queued request to complete. The request is "
+            "kept, so the task's retry polls it again."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, title="Connect timeout (s)", description="Longest wait to connect."
     )
@@ -208,6 +217,7 @@ class SegmindCredentials(CredentialsBlock):
             "credentials_label": self.label(),
             "logger": logger,
             "queue": self.resolved_queue(),
+            "queue_timeout_s": self.queue_timeout_s,
         }
         settings.update(overrides)
         return SegmindClient(self.resolved_api_key(), **settings)

@@ -177,7 +177,8 @@ class GeneratedImage:
         cost_usd: Price of this generation from the price table.
         credits_remaining: Balance the service reported after the call, if it did.
         latency_s: Wall time of the call, retries included.
-        attempts: HTTP attempts made.
+        attempts: HTTP attempts made (queue mode: submissions, status polls and
+            result fetches, a fetch counting once with its download).
         request_id: The service's request id, if it sent one.
     """
 

@@ -23,9 +23,9 @@ from fsspec.core import url_to_fs
 __all__ = ["STALE_PART_S", "ObjectStore"]
 
 _PART_SUFFIX = ".part"
-STALE_PART_S = 60.0
-"""Age after which a temporary file of a local write is a killed writer's leftover: a
-live writer renames its own within milliseconds."""
+STALE_PART_S = 10.0
+"""Seconds since its last change after which a temporary file of a local write is a
+killed writer's leftover: a live writer renames its own milliseconds after writing it."""
 
 
 @dataclass

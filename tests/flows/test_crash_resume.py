@@ -217,7 +217,7 @@ def test_a_killed_queue_batch_resumes_its_pending_requests_without_paying_again(
     assert all(len(keys) == 1 for keys in at_kill.pending.values()), at_kill.pending
     assert at_kill.set_aside == []
     # Each job submitted is a stored row, a pending row, or lost: accepted by the
-    # queue, its record not yet written (a window of milliseconds). A stored row
+    # queue, its record not yet written (the time of one storage write). A stored row
     # whose record was still there (the kill fell between the sidecar's write and
     # the record's removal) is counted once, as stored.
     lost = kill.jobs_submitted - len(stored) - len(pending)
