@@ -56,6 +56,7 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
+from segmind_core.fetch import display_url
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 from tasks.caching import storage_location_tag
@@ -228,7 +229,7 @@ def batch(
     estimate_note = f"; max_cost_usd {budget:.2f}" if budget is not None else ""
     logger.info(
         "Manifest %s: %d row(s) to run, %d rejected; estimate %.2f USD at list price%s",
-        manifest,
+        display_url(manifest),
         len(checked.rows),
         len(checked.rejected),
         estimate_cost(checked.rows),

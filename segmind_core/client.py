@@ -496,6 +496,10 @@ class SegmindClient:
             )
         return body
 
+    @staticmethod
+    def _expired(queued: QueuedRequest) -> bool:
+        return datetime.now(UTC) - queued.submitted_at >= QUEUE_RESULT_TTL
+
     def _gone(self, endpoint: Endpoint, queued: QueuedRequest) -> SegmindError:
         age = datetime.now(UTC) - queued.submitted_at
         submitted = queued.submitted_at.isoformat(timespec="seconds")
@@ -532,8 +536,10 @@ class SegmindClient:
             )
         # The key goes to the API only, never to wherever the output is hosted.
         try:
-            with self._http.stream("GET", output) as response:
-                if response.status_code == 404:
+            with self._http.stream("GET", output, follow_redirects=True) as response:
+                if response.status_code in (404, 410) or (
+                    response.status_code == 403 and self._expired(queued)
+                ):  # an expired presigned link answers 403
                     raise self._gone(endpoint, queued)
                 if response.status_code != 200:
                     raise ServerError(

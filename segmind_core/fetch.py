@@ -29,9 +29,11 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -89,6 +91,12 @@ def display_url(url: str) -> str:
 
 
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_ALSO_REFUSED = (
+    ipaddress.ip_network("::/96"),  # IPv4-compatible IPv6 (deprecated), e.g. ::7f00:1
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated, e.g. ::ffff:0:7f00:1
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated)
+    ipaddress.ip_network("192.0.0.0/24"),  # IETF protocol assignments
+)
 
 
 def _judged_addresses(address: str | IPAddress) -> list[IPAddress]:
@@ -99,7 +107,7 @@ def _judged_addresses(address: str | IPAddress) -> list[IPAddress]:
     if ip.ipv4_mapped is not None:
         return [ip.ipv4_mapped]
     found: list[IPAddress] = [ip]
-    if any(ip in network for network in _NAT64):
+    if any(ip in network for network in (*_NAT64, *_ALSO_REFUSED[:2])):
         found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)
@@ -137,7 +145,7 @@ def _check_one(ip: IPAddress, allowed: tuple[IPNetwork, ...]) -> None:
         kind = "the unspecified address"
     elif ip.is_private:
         kind = "a private address"
-    elif not ip.is_global:
+    elif not ip.is_global or any(ip in network for network in _ALSO_REFUSED):
         kind = "not a public address"
     if kind is not None:
         raise FetchRefusedError(
@@ -308,64 +316,112 @@ def fetch_http(
         FetchRefusedError: refused, unreachable, not 200, too large or too slow.
     """
     deadline = time.monotonic() + policy.timeout_s
-    client = httpx.Client(
-        timeout=httpx.Timeout(policy.timeout_s), follow_redirects=False, transport=transport
+    # Direct connections ignore proxy settings (they go to the checked address);
+    # the second client is for URLs the environment sends through a proxy.
+    clients = _Clients(
+        *(
+            httpx.Client(
+                timeout=httpx.Timeout(policy.timeout_s),
+                follow_redirects=False,
+                transport=transport,
+                trust_env=trust_env,
+            )
+            for trust_env in (False, True)
+        )
     )
     outcome: list[bytes | BaseException] = []
 
     def download() -> None:
         try:
-            outcome.append(_follow(client, url, policy, deadline))
+            outcome.append(_follow(clients, url, policy, deadline))
         except BaseException as exc:  # handed to the caller
             outcome.append(exc)
 
     worker = threading.Thread(target=download, name="segmind-input-fetch", daemon=True)
     worker.start()
     worker.join(policy.timeout_s)
-    if worker.is_alive() or not outcome:
-        with contextlib.suppress(Exception):
+    finished = not worker.is_alive() and bool(outcome)
+    for client in clients:
+        with contextlib.suppress(Exception):  # may be in use by a thread past its deadline
             client.close()
+    if not finished:
         raise FetchRefusedError(
             f"{display_url(url)} took more than {policy.timeout_s:g} s to download"
         )
-    client.close()
     result = outcome[0]
     if isinstance(result, BaseException):
         raise result
     return result
 
 
-def _follow(client: httpx.Client, url: str, policy: InputPolicy, deadline: float) -> bytes:
-    """GET ``url``, following at most `MAX_REDIRECTS` redirects, each one checked."""
+def _through_proxy(url: str) -> bool:
+    """Whether the environment sends ``url`` through a proxy (``HTTPS_PROXY``...)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class _Clients(NamedTuple):
+    direct: httpx.Client
+    proxied: httpx.Client
+
+
+def _follow(clients: _Clients, url: str, policy: InputPolicy, deadline: float) -> bytes:
+    """GET ``url``, following at most `MAX_REDIRECTS` redirects, each one checked.
+
+    Directly, the connection goes to a checked address (each in turn until one
+    answers). Through a proxy the proxy connects, by name: the addresses are
+    still checked here first, and the proxy is the network's own egress control.
+    """
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         host, _, addresses = policy.addresses(current)
-        extensions = {"sni_hostname": host} if urlsplit(current).scheme == "https" else {}
-        try:
-            with client.stream(
-                "GET",
-                _pinned_url(current, addresses[0]),
-                headers={"Host": _host_header(current), "Accept-Encoding": "identity"},
-                extensions=extensions,
-            ) as response:
-                if not response.is_redirect:
-                    if response.status_code != 200:
-                        raise FetchRefusedError(
-                            f"{display_url(current)} answered {response.status_code}"
-                        )
-                    return _bounded_body(response, current, policy, deadline)
-                location = response.headers.get("location", "")
-        except httpx.HTTPError as exc:
-            raise FetchRefusedError(
-                f"cannot fetch {display_url(current)} ({type(exc).__name__}): "
-                "the URL is unreachable"
-            ) from None
+        location = None
+        for index, address in enumerate(addresses):
+            try:
+                with _get(clients, current, host, address) as response:
+                    if not response.is_redirect:
+                        if response.status_code != 200:
+                            raise FetchRefusedError(
+                                f"{display_url(current)} answered {response.status_code}"
+                            )
+                        return _bounded_body(response, current, policy, deadline)
+                    location = response.headers.get("location", "")
+                    break
+            except httpx.ConnectError as exc:
+                if index + 1 < len(addresses):
+                    continue  # another checked address of the same host
+                raise _unreachable(current, exc) from None
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+                raise _unreachable(current, exc) from None
+        if location is None:
+            raise FetchRefusedError(f"{display_url(current)} answered nothing")
         try:
             current = urljoin(current, location)
         except ValueError:
             message = f"{display_url(current)} redirects to a malformed URL"
             raise FetchRefusedError(message) from None
     raise FetchRefusedError(f"{display_url(url)} redirects more than {MAX_REDIRECTS} times")
+
+
+def _unreachable(url: str, exc: BaseException) -> FetchRefusedError:
+    return FetchRefusedError(
+        f"cannot fetch {display_url(url)} ({type(exc).__name__}): the URL is unreachable"
+    )
+
+
+def _get(clients: _Clients, url: str, host: str, address: str) -> Any:
+    """The streamed GET of ``url``: pinned to ``address``, or by name through a proxy."""
+    headers = {"Accept-Encoding": "identity"}
+    if _through_proxy(url):
+        return clients.proxied.stream("GET", url, headers=headers)
+    ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    extensions = {"sni_hostname": ascii_host} if urlsplit(url).scheme == "https" else {}
+    headers["Host"] = _host_header(url, ascii_host)
+    pinned = _pinned_url(url, address)
+    return clients.direct.stream("GET", pinned, headers=headers, extensions=extensions)
 
 
 def _bounded_body(
@@ -376,9 +432,15 @@ def _bounded_body(
         raise FetchRefusedError(
             f"{display_url(url)} is {declared} bytes; the limit is {policy.max_bytes}"
         )
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for none; decoding one would let a few hundred bytes expand to gigabytes.
+        raise FetchRefusedError(
+            f"{display_url(url)} was sent {encoding}-encoded although none was asked for"
+        )
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():
         size += len(chunk)
         if size > policy.max_bytes:
             raise FetchRefusedError(
@@ -399,8 +461,7 @@ def _pinned_url(url: str, address: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def _host_header(url: str) -> str:
+def _host_header(url: str, host: str) -> str:
     parts = urlsplit(url)
-    host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{parts.port}" if parts.port else host

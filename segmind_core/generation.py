@@ -23,13 +23,16 @@ it resumes too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 from segmind_core.client import QueuedRequest, SegmindClient
 from segmind_core.contract import OutputFormat, get_endpoint
 from segmind_core.errors import QueuedResultExpiredError, RequestRejectedError
+from segmind_core.fetch import display_url
 from segmind_core.images import ResolvedImage, resolve_image
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import OutputStore, StoredImage, output_key
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 _SEED_BOUND = 2**31
+_RECORD_ATTEMPTS = 3
+_logger = logging.getLogger(__name__)
 
 
 class EditResult(BaseModel):
@@ -213,21 +219,37 @@ def generate_and_store(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
 
+    if pending is not None and resume is None:
+        # Another request's record (the row changed since a crash): keep it, aside.
+        outputs.set_pending_aside(job_key, f"superseded by request {digest}")
     submitted: list[QueuedRequest] = []
 
     def on_submitted(queued: QueuedRequest) -> None:
         submitted.append(queued)
-        outputs.save_pending(
-            job_key,
-            {
-                **queued.to_json(),
-                "request_digest": digest,
-                "unseeded_digest": unseeded,
-                "seed": request.requested_seed(),
-                "job_id": job_id,
-                "output_key": key,
-            },
-        )
+        record = {
+            **queued.to_json(),
+            "request_digest": digest,
+            "unseeded_digest": unseeded,
+            "seed": request.requested_seed(),
+            "job_id": job_id,
+            "output_key": key,
+        }
+        for attempt in range(_RECORD_ATTEMPTS):
+            try:
+                outputs.save_pending(job_key, record)
+                return
+            except Exception as exc:  # the request is paid for: poll it whatever happens
+                if attempt + 1 == _RECORD_ATTEMPTS:
+                    _logger.warning(
+                        "could not record queued request %s for %s (%s: %s); polling it "
+                        "anyway, but a crash now would lose it",
+                        queued.request_id,
+                        job_key,
+                        type(exc).__name__,
+                        exc,
+                    )
+                else:
+                    time.sleep(0.2 * (attempt + 1))
 
     try:
         generated = client.generate(spec.slug, request, on_submitted=on_submitted, resume=resume)
@@ -252,7 +274,10 @@ def generate_and_store(
         "job_id": job_id,
         "parameters": spec.canonical_params(),
         "inputs": _pick(resolved, "source"),
-        "input_identities": _pick(resolved, "identity"),
+        "input_identities": {
+            name: [_recorded(i) for i in value] if isinstance(value, list) else _recorded(value)
+            for name, value in identities.items()
+        },
         "seed": generated.seed,
         "cost_usd": str(generated.cost_usd),
         "credits_remaining": (
@@ -275,6 +300,18 @@ def generate_and_store(
             "attempts": generated.attempts,
         }
     )
+
+
+def _recorded(identity: str) -> str:
+    """An input identity as a sidecar records it: a URL without its query string.
+
+    Presigned signatures and tokens live in the query; a digest stands in for it.
+    """
+    parts = urlsplit(identity)
+    if parts.scheme not in ("http", "https") or not (parts.query or parts.username):
+        return identity
+    query = hashlib.sha256(parts.query.encode()).hexdigest()[:16]
+    return f"{display_url(identity).removesuffix('?...')}?sha256={query}"
 
 
 def _unseeded_digest(spec: RequestSpec, identities: Mapping[str, Any]) -> str:

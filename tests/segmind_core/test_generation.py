@@ -232,6 +232,25 @@ def test_an_http_input_is_sent_and_recorded_as_its_url(
     assert billed(keyed_emulator) == 1
 
 
+def test_a_presigned_input_url_is_recorded_without_its_signature(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    query = "X-Amz-Signature=SIGNATURE-SECRET&X-Amz-Security-Token=TOKEN"
+    files = {f"/cup.jpg?{query}": (200, COFFEE.read_bytes(), "image/jpeg")}
+    with file_server(files) as base:
+        url = f"{base}/cup.jpg?{query}"
+        result = generate(client, edit_spec(url), backend.outputs)
+
+    assert client.sent[0].input_images() == [("input_image", url)]  # sent as given
+    text, sidecar = sidecar_of(backend, result)
+    identity = sidecar["input_identities"]["input_image"]
+    assert identity.startswith(f"{base}/cup.jpg?sha256=")
+    assert sidecar["inputs"] == {"input_image": f"{base}/cup.jpg?..."}
+    assert "SIGNATURE-SECRET" not in text
+    assert "TOKEN" not in text
+    assert billed(keyed_emulator) == 1
+
+
 # Reuse ------------------------------------------------------------------------------
 
 

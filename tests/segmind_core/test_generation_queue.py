@@ -315,6 +315,16 @@ def test_another_request_under_the_same_job_id_does_not_take_the_pending_one(
         assert result.seed == second.params["seed"]
     snap = settled(emulator)
     assert (snap["requests"], snap["billed"]) == (2, 2)
+    # The first request's record is not overwritten: it is kept aside, with why.
+    aside = [
+        json.loads(data)
+        for name, data in objects(outputs).items()
+        if name.startswith(f"{PENDING_PREFIX}expired/")
+    ]
+    assert [(a["request_id"], a["request_digest"]) for a in aside] == [
+        (record["request_id"], record["request_digest"])
+    ]
+    assert aside[0]["set_aside_because"] == f"superseded by request {result.request_digest}"
 
 
 def test_a_pending_record_whose_output_was_already_stored_is_cleared_without_a_call(
