@@ -877,13 +877,20 @@ def catalogue_batch(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) ->
         emulator.stop()
     outcome = state.result(raise_on_failure=False)
     assert isinstance(outcome, BatchOutcome), (state, outcome)
-    results = read_results(outcome.results_url)
+    return _shared_run(state, outcome.results_url, where, len(GOOD_ROWS), stats)
+
+
+def _shared_run(
+    state: State[Any], results_url: str, where: dict[str, int], good: int, stats: dict[str, Any]
+) -> SharedRun:
+    """A shared run's results by case name; lines 1..``good`` are the good inputs."""
+    results = read_results(results_url)
     by_line = {result["line"]: result for result in results}
     return SharedRun(
         state=state,
         results={name: by_line[line] for name, line in where.items() if line in by_line},
         lines=where,
-        good=[by_line[n] for n in range(1, len(GOOD_ROWS) + 1)],
+        good=[by_line[n] for n in range(1, good + 1)],
         all_results=results,
         stats=stats,
     )
@@ -919,16 +926,7 @@ def catalogue_images(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -
         emulator.stop()
     outcome = state.result(raise_on_failure=False)
     assert isinstance(outcome, PImageEditOutcome), (state, outcome)
-    results = read_results(outcome.results_url)
-    by_line = {result["line"]: result for result in results}
-    return SharedRun(
-        state=state,
-        results={name: by_line[line] for name, line in where.items() if line in by_line},
-        lines=where,
-        good=[by_line[1]],
-        all_results=results,
-        stats=stats,
-    )
+    return _shared_run(state, outcome.results_url, where, 1, stats)
 
 
 # --- the tests ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -42,6 +42,7 @@ from tests.support import (
     emulator_stats,
     file_server,
     image_uri,
+    serving,
     wait_until,
 )
 
@@ -583,15 +584,8 @@ def recording_host(image: dict[str, bytes]) -> Iterator[tuple[str, list[dict[str
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as base_url:
+        yield f"{base_url}", received
 
 
 def test_the_key_goes_to_the_api_and_never_to_the_output_host(

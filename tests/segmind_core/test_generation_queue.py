@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -42,7 +42,14 @@ from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import PENDING_PREFIX, SIDECAR_SUFFIX, OutputStore
 from segmind_core.request_spec import RequestSpec
 from tests.conftest import EmulatorFactory
-from tests.support import decode, emulator_client, emulator_stats, image_bytes, wait_until
+from tests.support import (
+    decode,
+    emulator_client,
+    emulator_stats,
+    image_bytes,
+    serving,
+    wait_until,
+)
 
 KEY = "SG_queue_generation_key_SECRET_2718"  # fake, recognisable on purpose
 DAY = date(2026, 3, 14)
@@ -478,15 +485,8 @@ def flaky_input_host(image: bytes, statuses: list[int]) -> Iterator[tuple[str, l
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/cup.png", answered
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as base_url:
+        yield f"{base_url}/cup.png", answered
 
 
 def test_a_failed_request_is_submitted_again_by_the_next_run_not_resumed(
