@@ -35,7 +35,11 @@ pytestmark = pytest.mark.timeout(600)
 
 LIMIT = 2
 EMULATOR_MAX_CONCURRENCY = 8
-ROWS_PER_RUN = 16  # 8 s of calls per run alone on 2 slots: the two flow runs overlap
+ROWS_PER_RUN = 16
+# 2 s per call: 16 s of calls per run alone on 2 slots, well above the skew between the
+# two flow-run processes starting (at 1 s a fresh-clone CI once saw the second run's
+# first call end after the first run's last: the runs overlapped but their calls did not).
+EMULATOR_LATENCY_S = 2.0
 BATCH = "batch/nightly-catalogue"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -66,7 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
         "--concurrency",
         str(LIMIT),
         "--emulator-latency",
-        "1.0",
+        str(EMULATOR_LATENCY_S),
         "--emulator-max-concurrency",
         str(EMULATOR_MAX_CONCURRENCY),
     )
