@@ -73,7 +73,7 @@ class EmulatorConfig(BaseModel):
         port: TCP port; 0 picks a free one.
         api_key: The only key the emulator accepts in ``x-api-key``.
         credits_usd: Starting balance; a call that costs more than what is left answers 406.
-        latency_s: Seconds every generation takes.
+        latency_s: Seconds every generation takes, loading and rendering included.
         latency_jitter_s: Up to this many extra seconds, drawn uniformly per generation.
         max_concurrency: Generations in flight at once; v1 calls beyond it answer 429,
             v2 jobs beyond it wait in the queue.

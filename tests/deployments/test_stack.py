@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,7 @@ pytestmark = pytest.mark.timeout(600)
 LIMIT = 2
 EMULATOR_MAX_CONCURRENCY = 8
 ROWS_PER_RUN = 16
-# 2 s per call: 16 s of calls per run alone on 2 slots, well above the skew between the
-# two flow-run processes starting (at 1 s a fresh-clone CI once saw the second run's
-# first call end after the first run's last: the runs overlapped but their calls did not).
-EMULATOR_LATENCY_S = 2.0
+EMULATOR_LATENCY_S = 1.0
 BATCH = "batch/nightly-catalogue"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -159,9 +157,22 @@ def _run_from_the_form(state: StackState, deployment: dict[str, Any], manifest: 
     """What the UI's run form sends: the deployment's defaults with the fields changed."""
     parameters = {**deployment["parameters"], "manifest": manifest, "max_concurrency": 8}
     with _api(state) as api:
-        response = api.post(
-            f"/deployments/{deployment['id']}/create_flow_run",
-            json={"parameters": parameters, "state": {"type": "SCHEDULED"}},
+        # A SQLite server answers 503 when writes collide (the workers write too); the
+        # write was rolled back, so asking again is what Prefect's own client does.
+        response = wait_until(
+            lambda: (
+                (
+                    r := api.post(
+                        f"/deployments/{deployment['id']}/create_flow_run",
+                        json={"parameters": parameters, "state": {"type": "SCHEDULED"}},
+                    )
+                ).status_code
+                != 503
+                and r
+            ),
+            timeout=60,
+            interval=0.5,
+            what="the server to accept the flow run",
         )
     assert response.status_code == 201, response.text
     run_id: str = response.json()["id"]
@@ -174,6 +185,46 @@ def _flow_run(state: StackState, run_id: str) -> dict[str, Any]:
     response.raise_for_status()
     found: dict[str, Any] = response.json()
     return found
+
+
+def _waiting_task_runs(state: StackState, run_id: str) -> int:
+    """How many of a flow run's task runs are running (while the test holds every slot,
+    each is waiting for one)."""
+    with _api(state) as api:
+        response = api.post(
+            "/task_runs/filter",
+            json={
+                "flow_runs": {"id": {"any_": [run_id]}},
+                "task_runs": {"state": {"type": {"any_": ["RUNNING"]}}},
+                "limit": 200,
+            },
+        )
+    response.raise_for_status()
+    return len(response.json())
+
+
+@contextmanager
+def _holding_every_slot(state: StackState) -> Iterator[None]:
+    """Take the ``segmind`` limit's slots through the REST API, and give them back."""
+    with _api(state) as api:
+        taken = api.post(
+            "/v2/concurrency_limits/increment-with-lease",
+            json={
+                "names": ["segmind"],
+                "slots": LIMIT,
+                "mode": "concurrency",
+                "lease_duration": 600,
+            },
+        )
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["limits"], "the segmind limit exists"
+        try:
+            yield
+        finally:
+            api.post(
+                "/v2/concurrency_limits/decrement-with-lease",
+                json={"lease_id": taken.json()["lease_id"]},
+            ).raise_for_status()
 
 
 def _call_ends(state: StackState, run_id: str) -> list[datetime]:
@@ -196,7 +247,19 @@ def test_two_batches_on_two_workers_stay_under_the_shared_limit(stack: StackStat
     assert set(deployment["parameters"]["credentials"]) == {"$ref"}
     manifests = [_upload_batch(stack, run) for run in (1, 2)]
 
-    run_ids = [_run_from_the_form(stack, deployment, m) for m in manifests]
+    # The two flow-run processes start seconds apart (worker polls, process start), which
+    # could let one run finish its calls before the other asks for a slot. The test holds
+    # every slot until both runs wait for one, so both compete from the first call.
+    with _holding_every_slot(stack):
+        run_ids = [_run_from_the_form(stack, deployment, m) for m in manifests]
+        for run_id in run_ids:
+            wait_until(
+                lambda run_id=run_id: _waiting_task_runs(stack, run_id) > 0,
+                timeout=300,
+                interval=0.5,
+                what=f"flow run {run_id} to wait for a slot",
+            )
+        assert emulator_stats(stack.emulator_url)["billed"] == 0  # nothing got past the hold
     runs = [
         wait_until(
             lambda run_id=run_id: (r := _flow_run(stack, run_id))["state_type"] in TERMINAL and r,
