@@ -31,12 +31,10 @@ in ``repr``, log lines or error messages.
 from __future__ import annotations
 
 import email.utils
-import functools
 import io
 import logging
 import random
 import secrets
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -65,6 +63,7 @@ from segmind_core.errors import (
     TransientError,
     UnexpectedResponseError,
 )
+from segmind_core.tls import shared_tls_context
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -218,16 +217,6 @@ def checked_api_key(api_key: str | SecretStr, label: str) -> SecretStr:
     return SecretStr(text)
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """The default TLS settings of httpx, built once per process.
-
-    Loading the CA bundle costs about 20 ms, and every task run makes a client.
-    An ``SSLContext`` is safe to share between threads.
-    """
-    return httpx.create_ssl_context()
-
-
 class SegmindClient:
     """Calls Segmind endpoints; one instance can be shared by threads.
 
@@ -287,7 +276,7 @@ class SegmindClient:
             headers={"User-Agent": USER_AGENT, "Accept": "image/*, application/json"},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             transport=transport,
-            verify=_tls_context(),
+            verify=shared_tls_context(),
         )
 
     def __repr__(self) -> str:

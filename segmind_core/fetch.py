@@ -39,6 +39,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from segmind_core.errors import PermanentError
+from segmind_core.tls import shared_tls_context
 
 __all__ = [
     "ALLOW_NETWORKS_ENV",
@@ -325,6 +326,7 @@ def fetch_http(
                 follow_redirects=False,
                 transport=transport,
                 trust_env=trust_env,
+                verify=shared_tls_context(),
             )
             for trust_env in (False, True)
         )
