@@ -73,7 +73,7 @@ def main() -> None:
     from prefect import get_client
 
     from blocks import ObjectStorage, SegmindCredentials
-    from flows.batch import _prefect_api, batch, wait_for_task_run_records
+    from flows.batch import BatchOutcome, _prefect_api, batch, wait_for_task_run_records
     from tasks.concurrency import ensure_concurrency_limit
 
     print(f"import prefect and the flows: {time.perf_counter() - started:.2f} s")
@@ -101,6 +101,8 @@ def main() -> None:
                 )
                 wall = time.perf_counter() - t0
                 outcome = state.result()
+                if not isinstance(outcome, BatchOutcome):
+                    raise RuntimeError(f"the batch did not complete: {state.message}")
                 t1 = time.perf_counter()
                 flow_run_id = state.state_details.flow_run_id
                 if flow_run_id is None:

@@ -59,8 +59,7 @@ CHANGED_EVERY = 10  # the 10% re-run changes the prompt of every tenth row
 
 
 def _first_line(process: subprocess.Popen[str], what: str) -> str:
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
+    line = process.stdout.readline().strip() if process.stdout is not None else ""
     if not line:
         raise RuntimeError(f"{what} did not start (exit code {process.wait()})")
     return line
@@ -93,10 +92,20 @@ def emulator(
 ) -> Iterator[str]:
     """``python -m emulator`` on a free loopback port; yields its URL."""
     argv = [
-        sys.executable, "-m", "emulator", "--port", "0", "--api-key", KEY,
-        "--credits", "100000", "--latency", str(latency_s),
-        "--max-concurrency", str(max_concurrency),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "emulator",
+        "--port",
+        "0",
+        "--api-key",
+        KEY,
+        "--credits",
+        "100000",
+        "--latency",
+        str(latency_s),
+        "--max-concurrency",
+        str(max_concurrency),
+    ]
     with _process(argv, {**env, "PYTHONUNBUFFERED": "1"}, log) as process:
         yield _first_line(process, "the emulator").removeprefix("emulator listening on ")
 
@@ -104,8 +113,17 @@ def emulator(
 @contextmanager
 def file_server(folder: Path, env: Mapping[str, str], log: Path) -> Iterator[str]:
     """``python -m http.server`` for ``folder`` on a free loopback port; yields its URL."""
-    argv = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
-            "--directory", str(folder)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-u",
+        "-m",
+        "http.server",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(folder),
+    ]
     with _process(argv, env, log) as process:
         port = _first_line(process, "the file server").split(" port ")[1].split()[0]
         yield f"http://127.0.0.1:{port}"
@@ -179,8 +197,9 @@ def run_sdk_threadpool(emulator_url: str, image_url: str, n: int, c: int, folder
     return time.perf_counter() - started
 
 
-def write_manifest(path: Path, image_url: str, n: int, *, seed_offset: int = 0,
-                   changed_every: int | None = None) -> int:  # fmt: skip
+def write_manifest(
+    path: Path, image_url: str, n: int, *, seed_offset: int = 0, changed_every: int | None = None
+) -> int:
     """A JSONL manifest of ``n`` rows; returns how many rows have a changed prompt."""
     lines, changed = [], 0
     for i in range(n):
@@ -215,7 +234,7 @@ def run_batch_child(env: Mapping[str, str], manifest: Path, output: Path, c: int
             str(output),
             "--max-concurrency",
             str(c),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=dict(env),
@@ -239,18 +258,33 @@ def billed(emulator_url: str) -> tuple[int, float, int]:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=200, help="edits per timed run (200)")
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per call, L (1)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight, C (8)")
-    parser.add_argument("--rss-rows", type=int, nargs=2, default=[100, 1000],
-                        help="the two batch sizes whose peak RSS is compared (100 1000)")  # fmt: skip
+    parser.add_argument(
+        "--rss-rows",
+        type=int,
+        nargs=2,
+        default=[100, 1000],
+        help="the two batch sizes whose peak RSS is compared (100 1000)",
+    )
     parser.add_argument("--overhead-calls", type=int, default=60, help="calls per side (60)")
-    parser.add_argument("--no-shared-limit", action="store_true",
-                        help="skip the batch run that holds slots of a shared limit")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                        help="JSON to write; the chart goes beside it as .png")  # fmt: skip
+    parser.add_argument(
+        "--no-shared-limit",
+        action="store_true",
+        help="skip the batch run that holds slots of a shared limit",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help="JSON to write; the chart goes beside it as .png",
+    )
     return parser.parse_args(argv)
 
 
@@ -263,8 +297,13 @@ def _photo(folder: Path) -> None:
 
 def _git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return done.stdout.strip()
@@ -287,8 +326,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "PYTHONPATH": str(REPO),
     }
     _photo(work / "www")
-    results: dict[str, Any] = {"n": n, "latency_s": latency, "concurrency": c,
-                               "bound_s": math.ceil(n / c) * latency}  # fmt: skip
+    results: dict[str, Any] = {
+        "n": n,
+        "latency_s": latency,
+        "concurrency": c,
+        "bound_s": math.ceil(n / c) * latency,
+    }
     with ExitStack() as stack:
         www = stack.enter_context(file_server(work / "www", base_env, work / "www.log"))
         image_url = f"{www}/photo.jpg"
@@ -321,8 +364,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         first = run_batch_child(slow_env, manifest, work / "flow-out", c)
         results["flow_s"] = first["flow_s"]
         results["first_run_billed"], results["first_run_usd"], results["flow_429"] = billed(slow)
-        print(f"(c) batch flow, max_concurrency {c}: {first['flow_s']:.2f} s, "
-              f"billed {results['first_run_billed']}")  # fmt: skip
+        print(
+            f"(c) batch flow, max_concurrency {c}: {first['flow_s']:.2f} s, "
+            f"billed {results['first_run_billed']}"
+        )
 
         emulator_reset(slow)
         again = run_batch_child(slow_env, manifest, work / "flow-out", c)
@@ -337,8 +382,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         results["rerun_10pct_changed_rows"] = changed
         results["rerun_10pct_s"] = tenth["flow_s"]
         results["rerun_10pct_billed"], results["rerun_10pct_usd"], _ = billed(slow)
-        print(f"    re-run with {changed} rows changed: {tenth['flow_s']:.2f} s, "
-              f"billed {results['rerun_10pct_billed']}")  # fmt: skip
+        print(
+            f"    re-run with {changed} rows changed: {tenth['flow_s']:.2f} s, "
+            f"billed {results['rerun_10pct_billed']}"
+        )
 
         if not args.no_shared_limit:
             from prefect import get_client
@@ -351,26 +398,47 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             shared_manifest = work / "manifest-shared.jsonl"
             write_manifest(shared_manifest, image_url, n, seed_offset=10**6)
             emulator_reset(slow)
-            shared = run_batch_child({**slow_env, "SEGMIND_CONCURRENCY_LIMIT": "segmind"},
-                                     shared_manifest, work / "flow-shared-out", c)  # fmt: skip
+            shared = run_batch_child(
+                {**slow_env, "SEGMIND_CONCURRENCY_LIMIT": "segmind"},
+                shared_manifest,
+                work / "flow-shared-out",
+                c,
+            )
             results["flow_shared_limit_s"] = shared["flow_s"]
             results["flow_shared_limit_billed"], _, _ = billed(slow)
-            print(f"(c') batch flow holding slots of a shared limit of {c}: "
-                  f"{shared['flow_s']:.2f} s")  # fmt: skip
+            print(
+                f"(c') batch flow holding slots of a shared limit of {c}: {shared['flow_s']:.2f} s"
+            )
 
         fast_env = {**env, "SEGMIND_BASE_URL": fast}
         overhead = subprocess.run(
-            [sys.executable, "-m", "bench.task_vs_httpx", "--image-url", image_url,
-             "--calls", str(args.overhead_calls), "--output", str(work / "overhead-out")],  # fmt: skip
-            capture_output=True, text=True, env=fast_env, cwd=REPO, timeout=1800, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "bench.task_vs_httpx",
+                "--image-url",
+                image_url,
+                "--calls",
+                str(args.overhead_calls),
+                "--output",
+                str(work / "overhead-out"),
+            ],
+            capture_output=True,
+            text=True,
+            env=fast_env,
+            cwd=REPO,
+            timeout=1800,
+            check=False,
+        )
         if overhead.returncode != 0:
             raise RuntimeError(f"the overhead run failed:\n{overhead.stderr[-4000:]}")
         measured = json.loads(overhead.stdout.strip().splitlines()[-1])
         results.update({k: v for k, v in measured.items() if k != "calls"})
         results["overhead_calls"] = measured["calls"]
-        print(f"per-item overhead: task {measured['task_ms_median']:.1f} ms, bare httpx "
-              f"{measured['httpx_ms_median']:.1f} ms (medians)")  # fmt: skip
+        print(
+            f"per-item overhead: task {measured['task_ms_median']:.1f} ms, bare httpx "
+            f"{measured['httpx_ms_median']:.1f} ms (medians)"
+        )
 
         results["rss_rows"] = list(args.rss_rows)
         for label, rows in zip(("rss_mb_n100", "rss_mb_n1000"), args.rss_rows, strict=True):
@@ -389,19 +457,29 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def targets(r: Mapping[str, Any]) -> list[tuple[str, bool]]:
     """The issue's targets, each with whether the run met it."""
     return [
-        (f"flow within 1.15x the bound ({r['flow_s'] / r['bound_s']:.3f}x)",
-         r["flow_s"] <= 1.15 * r["bound_s"]),
-        (f"flow within 5% of the SDK thread pool ({r['flow_s'] / r['sdk_threadpool_s']:.3f}x)",
-         r["flow_s"] <= 1.05 * r["sdk_threadpool_s"]),
-        (f"overhead at most 30 ms per item ({r['overhead_ms_median']:.1f} ms)",
-         r["overhead_ms_median"] <= 30.0),
-        (f"RSS at the larger batch at most 1.2x the smaller ({r['rss_mb_n1000'] / r['rss_mb_n100']:.3f}x)",
-         r["rss_mb_n1000"] <= 1.2 * r["rss_mb_n100"]),
+        (
+            f"flow within 1.15x the bound ({r['flow_s'] / r['bound_s']:.3f}x)",
+            r["flow_s"] <= 1.15 * r["bound_s"],
+        ),
+        (
+            f"flow within 5% of the SDK thread pool ({r['flow_s'] / r['sdk_threadpool_s']:.3f}x)",
+            r["flow_s"] <= 1.05 * r["sdk_threadpool_s"],
+        ),
+        (
+            f"overhead at most 30 ms per item ({r['overhead_ms_median']:.1f} ms)",
+            r["overhead_ms_median"] <= 30.0,
+        ),
+        (
+            f"RSS of the larger batch at most 1.2x ({r['rss_mb_n1000'] / r['rss_mb_n100']:.3f}x)",
+            r["rss_mb_n1000"] <= 1.2 * r["rss_mb_n100"],
+        ),
         (f"an identical re-run bills 0 ({r['rerun_billed']})", r["rerun_billed"] == 0),
-        (f"the 10% re-run bills the changed rows only ({r['rerun_10pct_billed']} of "
-         f"{r['rerun_10pct_changed_rows']})",
-         r["rerun_10pct_billed"] == r["rerun_10pct_changed_rows"]),
-    ]  # fmt: skip
+        (
+            f"the 10% re-run bills the changed rows only ({r['rerun_10pct_billed']} of "
+            f"{r['rerun_10pct_changed_rows']})",
+            r["rerun_10pct_billed"] == r["rerun_10pct_changed_rows"],
+        ),
+    ]
 
 
 def table(r: Mapping[str, Any]) -> str:
@@ -409,15 +487,30 @@ def table(r: Mapping[str, Any]) -> str:
     bound = r["bound_s"]
     rows = [
         ("bound ceil(N/C) x L", f"{bound:.1f} s", "1.00"),
-        ("(a) serial `requests.post` loop", f"{r['serial_s']:.1f} s", f"{r['serial_s'] / bound:.2f}"),
-        (f"(b) `segmind` SDK `run_sync`, {r['concurrency']} threads",
-         f"{r['sdk_threadpool_s']:.1f} s", f"{r['sdk_threadpool_s'] / bound:.2f}"),
-        (f"(c) batch flow, `max_concurrency` {r['concurrency']}", f"{r['flow_s']:.1f} s",
-         f"{r['flow_s'] / bound:.2f}"),
-    ]  # fmt: skip
+        (
+            "(a) serial `requests.post` loop",
+            f"{r['serial_s']:.1f} s",
+            f"{r['serial_s'] / bound:.2f}",
+        ),
+        (
+            f"(b) `segmind` SDK `run_sync`, {r['concurrency']} threads",
+            f"{r['sdk_threadpool_s']:.1f} s",
+            f"{r['sdk_threadpool_s'] / bound:.2f}",
+        ),
+        (
+            f"(c) batch flow, `max_concurrency` {r['concurrency']}",
+            f"{r['flow_s']:.1f} s",
+            f"{r['flow_s'] / bound:.2f}",
+        ),
+    ]
     if r.get("flow_shared_limit_s") is not None:
-        rows.append(("(c) holding slots of a shared limit, as on a worker",
-                     f"{r['flow_shared_limit_s']:.1f} s", f"{r['flow_shared_limit_s'] / bound:.2f}"))  # fmt: skip
+        rows.append(
+            (
+                "(c) holding slots of a shared limit, as on a worker",
+                f"{r['flow_shared_limit_s']:.1f} s",
+                f"{r['flow_shared_limit_s'] / bound:.2f}",
+            )
+        )
     lines = [
         f"N={r['n']} p-image-edit edits, L={r['latency_s']:g} s, C={r['concurrency']}:",
         "",
@@ -427,14 +520,16 @@ def table(r: Mapping[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| per-item overhead of the task over bare httpx (median, L=0) | {r['overhead_ms_median']:.1f} ms "
+        "| per-item overhead of the task over bare httpx (median, L=0) | "
+        f"{r['overhead_ms_median']:.1f} ms "
         f"({r['task_ms_median']:.1f} vs {r['httpx_ms_median']:.1f} ms) |",
         f"| peak RSS of the batch flow, N={r['rss_rows'][0]} / N={r['rss_rows'][1]} | "
-        f"{r['rss_mb_n100']:.0f} / {r['rss_mb_n1000']:.0f} MB ({r['rss_mb_n1000'] / r['rss_mb_n100']:.2f}x) |",
+        f"{r['rss_mb_n100']:.0f} / {r['rss_mb_n1000']:.0f} MB "
+        f"({r['rss_mb_n1000'] / r['rss_mb_n100']:.2f}x) |",
         f"| billed: first run / identical re-run / {r['rerun_10pct_changed_rows']} rows changed | "
         f"{r['first_run_billed']} / {r['rerun_billed']} / {r['rerun_10pct_billed']} calls "
         f"({r['first_run_usd']:.2f} / {r['rerun_usd']:.2f} / {r['rerun_10pct_usd']:.2f} USD) |",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 

@@ -65,10 +65,10 @@ def calls(
         future.result()
 
 
-def _prefect_slot(limit: str | None, rate_limit: str | None = None) -> Any:
+def _prefect_slot(limit: str | None, rate_limit: str | None = None, **gate: Any) -> Any:
     """How the tasks held a slot before `SharedSlots`: Prefect's own context manager."""
     if not limit:
-        return segmind_call_slot(limit, rate_limit)
+        return segmind_call_slot(limit, rate_limit, **gate)
 
     def slot() -> AbstractContextManager[None]:
         return concurrency(limit, occupy=1, strict=True)
@@ -78,9 +78,8 @@ def _prefect_slot(limit: str | None, rate_limit: str | None = None) -> Any:
 
 def run_calls(mode: str, emulator_url: str, n: int, submitted: int, folder: str) -> float:
     """One process's share: ``n`` calls in ``mode``; returns the wall time."""
-    tasks.segmind_tasks.segmind_call_slot = (  # type: ignore[attr-defined]
-        _prefect_slot if mode == "Prefect concurrency()" else segmind_call_slot
-    )
+    chosen: Any = _prefect_slot if mode == "Prefect concurrency()" else segmind_call_slot
+    tasks.segmind_tasks.segmind_call_slot = chosen  # type: ignore[attr-defined]
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (90, 140, 200)).save(buffer, format="JPEG")
     credentials = SegmindCredentials(
@@ -110,9 +109,7 @@ def one_round(args: argparse.Namespace, mode: str, emulator_url: str, folder: st
     command += ["--calls", str(share), "--submitted", str(args.submitted), "--folder", folder]
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     children = [
-        subprocess.Popen(  # noqa: S603 - this script
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(args.processes)
     ]
     for process in children:  # wait until each has imported Prefect and is ready

@@ -538,7 +538,7 @@ def process_group(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` in a new session (its own process group); kill the group on the way out."""
     with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        process = subprocess.Popen(
             list(command),
             cwd=REPO,
             env=dict(env),

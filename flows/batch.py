@@ -46,13 +46,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import CONCURRENCY_LIMIT_ENV, SegmindCredentials
-from flows.common import MAX_CONCURRENCY, SEED_MAX, endpoint_caller, run_file_key
+from flows.common import (
+    MAX_CONCURRENCY,
+    SEED_MAX,
+    TASK_RUNNER_THREADS,
+    endpoint_caller,
+    run_file_key,
+    run_rows,
+)
 from segmind_core.batch import (
     BatchReport,
     RowResult,
     RowStatus,
     estimate_cost,
-    run_batch,
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
@@ -157,7 +163,7 @@ class BatchOutcome(BaseModel):
 
 @flow(
     name="batch",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_RUNNER_THREADS),  # type: ignore[arg-type]
 )
 def batch(
     manifest: str,
@@ -235,7 +241,7 @@ def batch(
         estimate_cost(checked.rows),
         estimate_note,
     )
-    report = run_batch(
+    report = run_rows(
         checked.rows,
         call,
         rejected=checked.rejected,

@@ -1,9 +1,10 @@
-"""What the flows share: where cache records go, and what a cached step cost."""
+"""What the flows share: running rows, where cache records go, and what a cached step cost."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +16,34 @@ from prefect.utilities.annotations import NotSet
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from segmind_core.batch import BatchCall
+from segmind_core.batch import BatchCall, BatchReport, RowResult, run_batch
 from segmind_core.generation import EditResult
+from segmind_core.manifest import ManifestRow, RejectedRow
 from segmind_core.outputs import sanitise_key_part
 from tasks.artifacts import publish_outputs
+from tasks.concurrency import flow_run_call_limit
 from tasks.segmind_tasks import output_day, run_segmind_endpoint
 
 __all__ = [
     "MAX_CONCURRENCY",
     "RECORDS_FOLDER",
     "SEED_MAX",
+    "TASK_RUNNER_THREADS",
+    "TASK_RUNS_PER_CALL",
     "endpoint_caller",
     "paid_in_this_run",
     "record_storage",
     "run_endpoint_task",
     "run_file_key",
+    "run_rows",
 ]
 
 MAX_CONCURRENCY = 64
-"""The most calls a run may have in flight (the flows' task runners have this many threads)."""
+"""The most calls a run may have in flight."""
+TASK_RUNS_PER_CALL = 2
+"""Task runs a flow keeps started per call it may have in flight (see `run_rows`)."""
+TASK_RUNNER_THREADS = TASK_RUNS_PER_CALL * MAX_CONCURRENCY
+"""Threads of the flows' task runners: enough for every task run `run_rows` starts."""
 SEED_MAX = 999_999_999_999_999
 """The largest seed the flows' forms accept (p-image-edit's bound, the tightest)."""
 
@@ -140,3 +150,30 @@ def run_endpoint_task(
     publish_outputs(title, [(str(arguments.get("prompt", "")), result)], store=storage.get_store())
     get_run_logger().info("Output: %s", result.url)
     return result
+
+
+def run_rows(
+    rows: Sequence[ManifestRow],
+    call: Callable[[BatchCall], Future[EditResult]],
+    *,
+    max_concurrency: int,
+    rejected: Sequence[RejectedRow] = (),
+    max_cost_usd: Decimal | None = None,
+    on_result: Callable[[RowResult], None] | None = None,
+) -> BatchReport:
+    """`run_batch` with at most ``max_concurrency`` calls in flight in this flow run.
+
+    Twice as many task runs are started: each does its own work (inputs, cache,
+    storing the output, its states) while other task runs' calls are in flight,
+    and takes a call permit (`tasks.concurrency.flow_run_call_limit`) only around
+    its HTTP attempts, so no call slot waits for that work.
+    """
+    with flow_run_call_limit(max_concurrency):
+        return run_batch(
+            rows,
+            call,
+            rejected=rejected,
+            max_concurrency=TASK_RUNS_PER_CALL * max_concurrency,
+            max_cost_usd=max_cost_usd,
+            on_result=on_result,
+        )

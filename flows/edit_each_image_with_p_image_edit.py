@@ -15,8 +15,15 @@ from pydantic import BaseModel, Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import MAX_CONCURRENCY, SEED_MAX, endpoint_caller, run_file_key
-from segmind_core.batch import RowResult, RowStatus, run_batch
+from flows.common import (
+    MAX_CONCURRENCY,
+    SEED_MAX,
+    TASK_RUNNER_THREADS,
+    endpoint_caller,
+    run_file_key,
+    run_rows,
+)
+from segmind_core.batch import RowResult, RowStatus
 from segmind_core.contract import PImageEditAspectRatio
 from segmind_core.manifest import check_rows
 from segmind_core.outputs import sanitise_key_part
@@ -60,7 +67,7 @@ def output_names(images: list[str]) -> list[str]:
 
 @flow(
     name="edit-each-image-with-p-image-edit",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_RUNNER_THREADS),  # type: ignore[arg-type]
 )
 def edit_each_image_with_p_image_edit(
     prompt: str,
@@ -111,7 +118,7 @@ def edit_each_image_with_p_image_edit(
         for name, image in zip(output_names(images), images, strict=True)
     ]
     checked = check_rows(rows, source="images")
-    report = run_batch(
+    report = run_rows(
         checked.rows,
         endpoint_caller(storage, credentials, refresh_cache=refresh_cache),
         rejected=checked.rejected,

@@ -52,7 +52,7 @@ from segmind_core.images import ImageInput
 from segmind_core.outputs import OutputStore
 from segmind_core.request_spec import RequestSpec
 from tasks.caching import request_cache_policy
-from tasks.concurrency import segmind_call_slot
+from tasks.concurrency import flow_run_call_gate, segmind_call_slot
 
 __all__ = [
     "TASK_RETRIES",
@@ -106,7 +106,9 @@ def _generate(
     credentials = credentials if credentials is not None else SegmindCredentials()
     storage = storage if storage is not None else ObjectStorage()
     slot = segmind_call_slot(
-        credentials.resolved_concurrency_limit(), credentials.resolved_rate_limit()
+        credentials.resolved_concurrency_limit(),
+        credentials.resolved_rate_limit(),
+        flow_run_gate=flow_run_call_gate(),
     )
     with credentials.get_client(logger=logger, attempt_slot=slot) as client:
         stored = generate_and_store(
