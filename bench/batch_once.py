@@ -7,8 +7,9 @@ environment (``PREFECT_API_URL``, ``SEGMIND_API_KEY``, ``SEGMIND_BASE_URL``,
 ``SEGMIND_CONCURRENCY_LIMIT``), as on a worker.
 
 Printed keys: ``flow_s`` (the ``batch(...)`` call, start-up of this process
-excluded), ``calls``, ``succeeded``, ``paid_usd``, ``rss_mb`` (this process's
-peak resident memory, ``ru_maxrss``), ``import_s``.
+excluded), ``cpu_s`` (this process's CPU time in it), ``calls``, ``succeeded``,
+``paid_usd``, ``rss_mb`` (this process's peak resident memory, ``ru_maxrss``),
+``import_s``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from flows.batch import BatchOutcome, batch, wait_for_task_run_records  # noqa: 
 RECORDING_TIMEOUT_S = 300.0
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     imported = time.perf_counter() - _STARTED
     parser = argparse.ArgumentParser(description=__doc__)
@@ -36,6 +42,7 @@ def main() -> None:
 
     storage = ObjectStorage(base_url=args.output)
     credentials = SegmindCredentials()
+    cpu_before = _cpu_s()
     started = time.perf_counter()
     state = batch(
         manifest=args.manifest,
@@ -45,6 +52,7 @@ def main() -> None:
         return_state=True,
     )
     flow_s = time.perf_counter() - started
+    cpu_s = _cpu_s() - cpu_before
     outcome = state.result()
     if not isinstance(outcome, BatchOutcome):
         raise SystemExit(f"the batch did not complete: {state.message}")
@@ -58,6 +66,7 @@ def main() -> None:
         json.dumps(
             {
                 "flow_s": round(flow_s, 3),
+                "cpu_s": round(cpu_s, 2),
                 "import_s": round(imported, 3),
                 "calls": outcome.calls,
                 "succeeded": outcome.succeeded,

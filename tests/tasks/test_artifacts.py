@@ -28,7 +28,7 @@ def test_progress_follows_finished_rows_to_100() -> None:
 
     @flow
     def rows(total: int, finished: int) -> UUID:
-        progress = BatchProgress(total)
+        progress = BatchProgress(total, min_interval_s=0)
         seen["start"] = progress_of(progress._id)
         for _ in range(finished):
             progress.advance()
@@ -41,6 +41,24 @@ def test_progress_follows_finished_rows_to_100() -> None:
 
     assert seen["start"] == 0
     assert seen["middle"] == 42  # 3 of 7, in whole percent
+    assert progress_of(artifact_id) == 100
+
+
+def test_progress_waits_between_updates_but_always_reaches_100() -> None:
+    seen: dict[str, Any] = {}
+
+    @flow
+    def rows(total: int) -> UUID:
+        progress = BatchProgress(total, min_interval_s=3600)
+        for _ in range(total - 1):
+            progress.advance()
+        seen["before the last"] = progress_of(progress._id)
+        progress.advance()
+        return progress._id
+
+    artifact_id = rows(total=50)
+
+    assert seen["before the last"] == 0  # 98% done, but the interval has not passed
     assert progress_of(artifact_id) == 100
 
 

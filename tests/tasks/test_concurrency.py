@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-from prefect import flow, get_client
+from prefect import flow, get_client, task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks import ObjectStorage, SegmindCredentials
@@ -15,6 +16,8 @@ from tasks import edit_images_with_p_image_edit
 from tasks.concurrency import (
     MissingConcurrencyLimitError,
     ensure_concurrency_limit,
+    flow_run_call_gate,
+    flow_run_call_limit,
     segmind_call_slot,
 )
 from tests.conftest import EmulatorFactory
@@ -115,3 +118,78 @@ def test_the_limit_comes_from_the_block_then_the_environment_then_the_default(
     assert SegmindCredentials().resolved_concurrency_limit() is None
     monkeypatch.delenv("SEGMIND_CONCURRENCY_LIMIT")
     assert SegmindCredentials().resolved_concurrency_limit() == "segmind"
+
+
+def test_a_flow_run_call_limit_bounds_the_calls_of_more_task_runs(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = start_emulator(latency_s=0.3)
+    unlimited = SegmindCredentials(api_key=API_KEY, base_url=emulator.url, concurrency_limit="")
+    assert unlimited.resolved_concurrency_limit() is None  # no shared limit: only the gate
+    storage = ObjectStorage(base_url=str(tmp_path / "out"))
+    photo = image_bytes(size=(64, 48))
+
+    @flow
+    def six_task_runs_two_calls() -> None:
+        with flow_run_call_limit(2):
+            futures = [
+                edit_images_with_p_image_edit.submit(
+                    "gate", [photo], seed=640_000 + i, credentials=unlimited, storage=storage
+                )
+                for i in range(6)
+            ]
+            for future in futures:
+                future.result()
+
+    six_task_runs_two_calls()
+
+    stats = emulator.stats()
+    assert stats["billed"] == 6
+    assert 1 <= stats["max_in_flight"] <= 2
+    # Without the gate the same six task runs call side by side (see the test above).
+    emulator.reset()
+    run_six_calls_at_once(unlimited, tmp_path, offset=650_000)
+    assert emulator.stats()["max_in_flight"] > 2
+
+
+def test_a_flow_run_call_limit_is_its_own_flow_runs_and_ends_with_the_block() -> None:
+    assert flow_run_call_gate() is None  # outside any flow run
+    seen: dict[str, int | None] = {}
+
+    def gate_id() -> int | None:
+        gate = flow_run_call_gate()
+        return None if gate is None else id(gate)
+
+    @task
+    def gate_in_a_task() -> int | None:
+        return gate_id()
+
+    @flow
+    def child() -> int | None:
+        return gate_id()
+
+    @flow
+    def parent() -> None:
+        seen["before"] = gate_id()
+        with flow_run_call_limit(3):
+            gate = flow_run_call_gate()
+            assert isinstance(gate, threading.Semaphore)
+            seen["flow"] = id(gate)
+            seen["task"] = gate_in_a_task.submit().result()
+            seen["subflow"] = child()
+            with (
+                pytest.raises(RuntimeError, match="already has a call limit"),
+                flow_run_call_limit(1),
+            ):
+                pass
+        seen["after"] = gate_id()
+
+    parent()
+
+    assert seen["before"] is None
+    assert seen["flow"] is not None
+    assert seen["task"] == seen["flow"]  # a task run of the flow run takes the same permits
+    assert seen["subflow"] is None  # another flow run: not bound by its parent's gate
+    assert seen["after"] is None
+    with flow_run_call_limit(1):  # outside a flow run it bounds nothing
+        assert flow_run_call_gate() is None
