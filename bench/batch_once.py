@@ -15,6 +15,7 @@ excluded), ``cpu_s`` (this process's CPU time in it), ``calls``, ``succeeded``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -23,6 +24,7 @@ _STARTED = time.perf_counter()
 
 from blocks import ObjectStorage, SegmindCredentials  # noqa: E402 - timed import
 from flows.batch import BatchOutcome, batch, wait_for_task_run_records  # noqa: E402
+from tasks.concurrency import shared_slots  # noqa: E402
 
 RECORDING_TIMEOUT_S = 300.0
 
@@ -62,6 +64,9 @@ def main() -> None:
             state.state_details.flow_run_id, outcome.calls, RECORDING_TIMEOUT_S
         )
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    limit = credentials.resolved_concurrency_limit()
+    # What waiting for the shared limit's slots cost (requests refused, 503s retried...).
+    slots = dataclasses.asdict(shared_slots(limit).counters) if limit else None
     print(
         json.dumps(
             {
@@ -73,6 +78,7 @@ def main() -> None:
                 "rows": outcome.rows,
                 "paid_usd": float(outcome.paid_usd),
                 "rss_mb": round(peak_kib / 1024, 1),
+                "shared_slots": slots,
             }
         ),
         flush=True,

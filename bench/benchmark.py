@@ -414,6 +414,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 c,
             )
             results["flow_shared_limit_s"] = shared["flow_s"]
+            results["flow_shared_limit_slots"] = shared["shared_slots"]
             results["flow_shared_limit_billed"], _, _ = billed(slow)
             print(
                 f"(c') batch flow holding slots of a shared limit of {c}: {shared['flow_s']:.2f} s"

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, PlainSerializer
 
 from segmind_core.contract import get_endpoint
-from segmind_core.errors import InsufficientCreditsError, SegmindError
+from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, SegmindError
 from segmind_core.generation import EditResult
 from segmind_core.manifest import (
     BACKGROUND_SUFFIX,
@@ -285,6 +285,7 @@ def run_batch(
             "nothing was run"
         )
     in_flight: dict[Future[EditResult], tuple[_RowRun, BatchCall]] = {}
+    stopped_by_a_call_not_made = False
 
     def start(run: _RowRun, next_: BatchCall) -> None:
         try:
@@ -306,9 +307,18 @@ def run_batch(
             run, made = in_flight.pop(future)
             try:
                 result = future.result()
+            except CallNotMadeError as exc:  # never sent: a 406 had stopped the calls
+                if report.stopped is None:  # until the row that met the 406 is seen
+                    report.stopped = str(exc).removeprefix("not called: ")
+                    stopped_by_a_call_not_made = True
+                finish(_ended(run, RowStatus.NOT_RUN, error=f"not run: {report.stopped}"))
+                continue
             except Exception as exc:  # a row's failure is data, not the batch's end
-                if isinstance(exc, InsufficientCreditsError) and report.stopped is None:
+                if isinstance(exc, InsufficientCreditsError) and (
+                    report.stopped is None or stopped_by_a_call_not_made
+                ):
                     report.stopped = f"Segmind credits ran out (406 on row {made.row_id})"
+                    stopped_by_a_call_not_made = False
                 finish(_ended(run, RowStatus.FAILED, error=describe_error(exc)))
                 continue
             run.results.append(result)

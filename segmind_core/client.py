@@ -577,6 +577,10 @@ class SegmindClient:
         try:
             with self._attempt_slot():
                 response = self._http.post(f"/v1/{slug}", json=payload, headers=headers)
+                if response.status_code != 200:
+                    # Raised inside the slot: a holder that stops on a 406 (the batch
+                    # flows' call limit) knows before the next call takes the slot.
+                    raise self._error_for(endpoint, response)
         except httpx.TimeoutException as exc:
             raise NetworkError(
                 f"no complete answer from Segmind within the timeout "
@@ -588,8 +592,6 @@ class SegmindClient:
             raise NetworkError(
                 f"the connection to Segmind failed ({type(exc).__name__}: {detail})"
             ) from None
-        if response.status_code != 200:
-            raise self._error_for(endpoint, response)
         return self._decode(endpoint, request, response)
 
     def _decode(

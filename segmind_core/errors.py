@@ -31,6 +31,7 @@ from decimal import Decimal
 __all__ = [
     "AuthenticationError",
     "BadImageError",
+    "CallNotMadeError",
     "InsufficientCreditsError",
     "NetworkError",
     "PermanentError",
@@ -124,6 +125,10 @@ class InsufficientCreditsError(PermanentError):
     """
 
     credits_remaining: Decimal | None = None
+
+
+class CallNotMadeError(PermanentError):
+    """The call was never sent: its batch had stopped (credits ran out) while it waited."""
 
 
 class UnexpectedResponseError(PermanentError):

@@ -27,11 +27,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from blocks.segmind_credentials import DEFAULT_CONCURRENCY_LIMIT
+from segmind_core.errors import CallNotMadeError, InsufficientCreditsError
 from tasks.rate_tokens import RateLimitError, RateTokens
 from tasks.shared_slots import MissingConcurrencyLimitError, SharedSlots, missing_limit_message
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "FlowRunCalls",
     "MissingConcurrencyLimitError",
     "ensure_concurrency_limit",
     "ensure_rate_limit",
@@ -50,7 +52,7 @@ def segmind_call_slot(
     limit: str | None,
     rate_limit: str | None = None,
     *,
-    flow_run_gate: threading.Semaphore | None = None,
+    flow_run_gate: FlowRunCalls | None = None,
 ) -> Callable[[], AbstractContextManager[object]]:
     """What the client holds around each attempt: a slot of ``limit``, or nothing.
 
@@ -67,7 +69,7 @@ def segmind_call_slot(
 
     @contextmanager
     def gate_then_shared() -> Iterator[None]:
-        with gate, shared():
+        with gate.permit(), shared():
             yield
 
     return gate_then_shared
@@ -92,12 +94,43 @@ def _shared_slot(
     return slot_then_token
 
 
-_flow_run_gates: dict[str, threading.Semaphore] = {}
+class FlowRunCalls:
+    """One flow run's bound on its Segmind calls in flight, which a 406 closes.
+
+    Args:
+        calls: Calls in flight at most.
+    """
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.stopped: str | None = None
+        self._permits = threading.BoundedSemaphore(calls)
+
+    @contextmanager
+    def permit(self) -> Iterator[None]:
+        """Hold one of the permits around a call; none is made after the run has stopped.
+
+        Raises:
+            CallNotMadeError: a call of this flow run met a 406 (credits ran out);
+                nothing was sent.
+        """
+        with self._permits:
+            if self.stopped is not None:
+                raise CallNotMadeError(f"not called: {self.stopped}")
+            try:
+                yield
+            except InsufficientCreditsError as exc:
+                # Set before the permit is given back: no waiting call goes out after it.
+                self.stopped = f"Segmind credits ran out ({exc.status or 406} on an earlier call)"
+                raise
+
+
+_flow_run_gates: dict[str, FlowRunCalls] = {}
 _flow_run_gates_lock = threading.Lock()
 
 
 @contextmanager
-def flow_run_call_limit(calls: int) -> Iterator[None]:
+def flow_run_call_limit(calls: int) -> Iterator[FlowRunCalls | None]:
     """Inside: the current flow run's endpoint tasks keep at most ``calls`` calls in flight.
 
     A flow that bounds its calls this way can start more task runs than
@@ -105,26 +138,28 @@ def flow_run_call_limit(calls: int) -> Iterator[None]:
     inputs, the cache, storing the output, reporting its states) then overlaps
     other task runs' calls instead of leaving a call idle. Measured with 8 calls
     of 1 s: 200 rows took 28.8 s with 8 task runs at a time, for a bound of 25 s.
+    After a 406 no other call of the flow run is sent (`CallNotMadeError`).
 
-    Outside a flow run it bounds nothing. The bound is this process's; the
-    shared limit (`segmind_call_slot`) still bounds every worker together.
+    Outside a flow run it bounds nothing (and yields None). The bound is this
+    process's; the shared limit (`segmind_call_slot`) still bounds every worker.
     """
     run_id = flow_run_id()
     if run_id is None:
-        yield
+        yield None
         return
+    gate = FlowRunCalls(calls)
     with _flow_run_gates_lock:
         if run_id in _flow_run_gates:
             raise RuntimeError(f"flow run {run_id} already has a call limit")
-        _flow_run_gates[run_id] = threading.BoundedSemaphore(calls)
+        _flow_run_gates[run_id] = gate
     try:
-        yield
+        yield gate
     finally:
         with _flow_run_gates_lock:
             del _flow_run_gates[run_id]
 
 
-def flow_run_call_gate() -> threading.Semaphore | None:
+def flow_run_call_gate() -> FlowRunCalls | None:
     """The bound `flow_run_call_limit` set for the current flow run, if any."""
     run_id = flow_run_id()
     if run_id is None:

@@ -32,7 +32,7 @@ from segmind_core.batch import (
 )
 from segmind_core.client import SegmindClient
 from segmind_core.contract import OutputFormat, get_endpoint
-from segmind_core.errors import InsufficientCreditsError, ServerError
+from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, ServerError
 from segmind_core.generation import EditResult, generate_and_store
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestRow, check_rows
 from segmind_core.object_store import ObjectStore
@@ -515,6 +515,39 @@ def test_a_406_stops_new_calls_and_lets_calls_in_flight_finish(fake: FakeCalls) 
     assert report.paid_usd == price(FLUX)
     assert [r.id for r in seen] == ["a", "b", "c", "d", "e"]
     assert report.count(RowStatus.NOT_RUN) == 3
+
+
+@pytest.mark.parametrize("not_made_first", [True, False], ids=["not-made-first", "406-first"])
+def test_a_call_not_made_after_a_406_is_a_row_not_run_and_the_406_row_is_named(
+    fake: FakeCalls, not_made_first: bool
+) -> None:
+    # Started before the 406 was known, b's call was never sent (the flows' call limit).
+    fake.failures["a"] = out_of_credits()
+    fake.failures["b"] = CallNotMadeError(
+        "not called: Segmind credits ran out (406 on an earlier call)"
+    )
+    first, second = ("b", "a") if not_made_first else ("a", "b")
+    fake.gate(second)
+    order: list[str] = []
+
+    def on_result(result: RowResult) -> None:
+        order.append(str(result.id))
+        if result.id == first:
+            fake.gate(second).set()
+
+    rows = good_rows(flux("a"), flux("b"), flux("c"))
+    report = run_batch(rows, fake, max_concurrency=2, on_result=on_result)
+
+    results = by_id(report)
+    assert order[:2] == [first, second]
+    assert results["a"].status is RowStatus.FAILED
+    assert results["b"].status is RowStatus.NOT_RUN
+    assert (results["b"].error or "").startswith("not run: Segmind credits ran out (406")
+    assert results["b"].cost_usd == 0
+    assert results["c"].status is RowStatus.NOT_RUN
+    assert fake.job_ids == ["a", "b"]
+    # Whichever ended first, the batch names the row that met the 406.
+    assert report.stopped == "Segmind credits ran out (406 on row a)"
 
 
 def test_a_406_leaves_a_half_done_two_step_row_not_run_with_its_intermediate(

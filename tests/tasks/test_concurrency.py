@@ -12,8 +12,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks import ObjectStorage, SegmindCredentials
 from flows.batch import batch
+from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, ServerError
 from tasks import edit_images_with_p_image_edit
 from tasks.concurrency import (
+    FlowRunCalls,
     MissingConcurrencyLimitError,
     ensure_concurrency_limit,
     flow_run_call_gate,
@@ -173,7 +175,8 @@ def test_a_flow_run_call_limit_is_its_own_flow_runs_and_ends_with_the_block() ->
         seen["before"] = gate_id()
         with flow_run_call_limit(3):
             gate = flow_run_call_gate()
-            assert isinstance(gate, threading.Semaphore)
+            assert isinstance(gate, FlowRunCalls)
+            assert gate.calls == 3
             seen["flow"] = id(gate)
             seen["task"] = gate_in_a_task.submit().result()
             seen["subflow"] = child()
@@ -193,3 +196,55 @@ def test_a_flow_run_call_limit_is_its_own_flow_runs_and_ends_with_the_block() ->
     assert seen["after"] is None
     with flow_run_call_limit(1):  # outside a flow run it bounds nothing
         assert flow_run_call_gate() is None
+
+
+def test_after_a_406_no_waiting_call_of_the_flow_run_is_sent() -> None:
+    calls = FlowRunCalls(1)
+    outcome: list[str] = []
+    permit_held = threading.Event()
+    answered_406 = threading.Event()
+    met_406 = threading.Event()
+
+    def call_meeting_a_406() -> None:
+        try:
+            with calls.permit():
+                permit_held.set()
+                answered_406.wait(10)
+                raise InsufficientCreditsError("406 from Segmind: out of credits", status=406)
+        except InsufficientCreditsError:
+            met_406.set()
+
+    def waiting_call() -> None:
+        try:
+            with calls.permit():  # the only permit is held: waits for the 406 call
+                outcome.append("sent")
+        except CallNotMadeError as exc:
+            outcome.append(str(exc))
+
+    first = threading.Thread(target=call_meeting_a_406)
+    first.start()
+    assert permit_held.wait(10)
+    waiter = threading.Thread(target=waiting_call)
+    waiter.start()
+    answered_406.set()
+    first.join(10)
+    waiter.join(10)
+
+    assert met_406.is_set()
+    assert outcome == ["not called: Segmind credits ran out (406 on an earlier call)"]
+    assert calls.stopped is not None
+    with pytest.raises(CallNotMadeError), calls.permit():
+        pytest.fail("no call after the stop")
+
+
+def test_other_errors_leave_the_flow_runs_calls_open_and_give_the_permit_back() -> None:
+    calls = FlowRunCalls(2)
+
+    def failing_call() -> None:
+        with calls.permit():
+            raise ServerError("500 from Segmind", status=500)
+
+    with pytest.raises(ServerError):
+        failing_call()
+    with calls.permit(), calls.permit():  # both permits are free again
+        assert calls.stopped is None
