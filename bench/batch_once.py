@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import sys
 import time
 
 _STARTED = time.perf_counter()
@@ -63,7 +64,8 @@ def main() -> None:
         wait_for_task_run_records(
             state.state_details.flow_run_id, outcome.calls, RECORDING_TIMEOUT_S
         )
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mb = peak / 1024 / (1024 if sys.platform == "darwin" else 1)
     limit = credentials.resolved_concurrency_limit()
     # What waiting for the shared limit's slots cost (requests refused, 503s retried...).
     slots = dataclasses.asdict(shared_slots(limit).counters) if limit else None
@@ -77,7 +79,7 @@ def main() -> None:
                 "succeeded": outcome.succeeded,
                 "rows": outcome.rows,
                 "paid_usd": float(outcome.paid_usd),
-                "rss_mb": round(peak_kib / 1024, 1),
+                "rss_mb": round(peak_mb, 1),
                 "shared_slots": slots,
             }
         ),

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import select
 import shutil
 import signal
 import subprocess
@@ -59,8 +60,13 @@ CHANGED_EVERY = 10  # the 10% re-run changes the prompt of every tenth row
 
 
 def _first_line(process: subprocess.Popen[str], what: str) -> str:
-    line = process.stdout.readline().strip() if process.stdout is not None else ""
+    """The server's first stdout line (its address), waiting at most `SERVER_START_TIMEOUT_S`."""
+    line = ""
+    if process.stdout is not None:
+        ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT_S)
+        line = process.stdout.readline().strip() if ready else ""
     if not line:
+        process.kill()
         raise RuntimeError(f"{what} did not start (exit code {process.wait()})")
     return line
 
@@ -298,7 +304,7 @@ def _photo(folder: Path) -> None:
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -311,6 +317,10 @@ def _git_commit() -> str | None:
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n, latency, c = args.n, args.latency, args.concurrency
+    # Only what is set below: a user's SEGMIND_QUEUE, SEGMIND_RATE_LIMIT or Prefect
+    # settings would silently change what is measured.
+    for key in [k for k in os.environ if k.startswith(("PREFECT_", "SEGMIND_"))]:
+        del os.environ[key]
     base_env = {
         **os.environ,
         "PREFECT_HOME": str(work / "prefect"),
@@ -362,7 +372,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # blocks (about 0.6 s), once per server, as the SDK's import is once per process.
         warm_up = work / "manifest-warm-up.jsonl"
         write_manifest(warm_up, image_url, 1, seed_offset=3 * 10**6)
-        run_batch_child(slow_env, warm_up, work / "warm-up-out", c)
+        warmed = run_batch_child(slow_env, warm_up, work / "warm-up-out", c)
+        results["rss_mb_n1"] = warmed["rss_mb"]
         manifest = work / "manifest.jsonl"
         write_manifest(manifest, image_url, n)
         emulator_reset(slow)

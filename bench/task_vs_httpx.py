@@ -7,10 +7,12 @@ send the same p-image-edit body (a 1 MP PNG answer) to the same emulator, one
 call at a time, alternating so that drift hits both alike; every task call has
 a new seed, so each is paid (no cache hit). The bare call only receives the
 image; the task also checks the input, keys the cache, writes the image and its
-sidecar, and reports its states to Prefect.
+sidecar, and starts and ends a task run (Prefect sends its state events in
+the background).
 
 Prints one JSON line: ``httpx_ms_median``, ``task_ms_median``,
-``overhead_ms_median`` (their difference), the p95s, and ``calls``.
+``overhead_ms_median`` (the median of each pair's difference, task minus the
+bare call before it), the p95s, and ``calls``.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main() -> None:
                 "httpx_ms_median": round(statistics.median(bare_ms), 2),
                 "task_ms_median": round(statistics.median(ours_ms), 2),
                 "overhead_ms_median": round(
-                    statistics.median(ours_ms) - statistics.median(bare_ms), 2
+                    statistics.median(t - b for t, b in zip(ours_ms, bare_ms, strict=True)), 2
                 ),
                 "httpx_ms_p95": round(_p95(bare_ms), 2),
                 "task_ms_p95": round(_p95(ours_ms), 2),

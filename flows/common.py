@@ -166,14 +166,16 @@ def run_rows(
     Twice as many task runs are started: each does its own work (inputs, cache,
     storing the output, its states) while other task runs' calls are in flight,
     and takes a call permit (`tasks.concurrency.flow_run_call_limit`) only around
-    its HTTP attempts, so no call slot waits for that work.
+    its HTTP attempts, so no call slot waits for that work. Outside a flow run
+    (no limit to hold) it starts only ``max_concurrency``.
     """
-    with flow_run_call_limit(max_concurrency):
+    with flow_run_call_limit(max_concurrency) as limit:
+        started_at_once = max_concurrency if limit is None else TASK_RUNS_PER_CALL * max_concurrency
         return run_batch(
             rows,
             call,
             rejected=rejected,
-            max_concurrency=TASK_RUNS_PER_CALL * max_concurrency,
+            max_concurrency=started_at_once,
             max_cost_usd=max_cost_usd,
             on_result=on_result,
         )

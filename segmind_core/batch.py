@@ -309,7 +309,7 @@ def run_batch(
                 result = future.result()
             except CallNotMadeError as exc:  # never sent: a 406 had stopped the calls
                 if report.stopped is None:  # until the row that met the 406 is seen
-                    report.stopped = str(exc).removeprefix("not called: ")
+                    report.stopped = exc.reason
                     stopped_by_a_call_not_made = True
                 finish(_ended(run, RowStatus.NOT_RUN, error=f"not run: {report.stopped}"))
                 continue

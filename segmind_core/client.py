@@ -36,8 +36,9 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -73,6 +74,7 @@ __all__ = [
     "RetryPolicy",
     "SegmindClient",
     "checked_api_key",
+    "resuming_paid_request",
 ]
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
@@ -217,6 +219,23 @@ def checked_api_key(api_key: str | SecretStr, label: str) -> SecretStr:
     return SecretStr(text)
 
 
+resuming_paid_request: ContextVar[bool] = ContextVar("resuming_paid_request", default=False)
+"""True while a client resumes a queued request that was paid for (nothing new is sent).
+
+An attempt slot that stops new calls (the batch flows' call limit, after a 406)
+still lets it through: its result is paid for and expires upstream in an hour.
+"""
+
+
+@contextmanager
+def _resuming_paid_request(resuming: bool) -> Iterator[None]:
+    token = resuming_paid_request.set(resuming)
+    try:
+        yield
+    finally:
+        resuming_paid_request.reset(token)
+
+
 class SegmindClient:
     """Calls Segmind endpoints; one instance can be shared by threads.
 
@@ -326,7 +345,7 @@ class SegmindClient:
         payload = request.to_payload()
         started = time.monotonic()
         if self.queue or resume is not None:
-            with self._attempt_slot():
+            with _resuming_paid_request(resume is not None), self._attempt_slot():
                 submit_attempts = 0
                 if resume is None:
                     queued, submit_attempts = self._retrying(

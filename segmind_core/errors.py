@@ -27,6 +27,7 @@ the service's ``error`` text and the credentials' *label* (e.g. "block
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -128,7 +129,15 @@ class InsufficientCreditsError(PermanentError):
 
 
 class CallNotMadeError(PermanentError):
-    """The call was never sent: its batch had stopped (credits ran out) while it waited."""
+    """The call was never sent: its batch had stopped (credits ran out) while it waited.
+
+    Attributes:
+        reason: Why the calls stopped, e.g. ``Segmind credits ran out (406 on an earlier call)``.
+    """
+
+    def __init__(self, message: str, *, reason: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.reason = reason or message
 
 
 class UnexpectedResponseError(PermanentError):

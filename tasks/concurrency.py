@@ -27,6 +27,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from blocks.segmind_credentials import DEFAULT_CONCURRENCY_LIMIT
+from segmind_core.client import resuming_paid_request
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError
 from tasks.rate_tokens import RateLimitError, RateTokens
 from tasks.shared_slots import MissingConcurrencyLimitError, SharedSlots, missing_limit_message
@@ -70,6 +71,7 @@ def segmind_call_slot(
     @contextmanager
     def gate_then_shared() -> Iterator[None]:
         with gate.permit(), shared():
+            gate.check()  # a 406 may have come while this call waited for the shared slot
             yield
 
     return gate_then_shared
@@ -97,6 +99,12 @@ def _shared_slot(
 class FlowRunCalls:
     """One flow run's bound on its Segmind calls in flight, which a 406 closes.
 
+    Once a call met a 406 (credits ran out), no other call of the flow run is
+    sent: a call waiting for a permit, or holding one while it waits for the
+    shared limit, raises `CallNotMadeError` instead. Resuming a queued request
+    that was already paid for (`segmind_core.client.resuming_paid_request`)
+    is still allowed.
+
     Args:
         calls: Calls in flight at most.
     """
@@ -105,6 +113,11 @@ class FlowRunCalls:
         self.calls = calls
         self.stopped: str | None = None
         self._permits = threading.BoundedSemaphore(calls)
+
+    def check(self) -> None:
+        """Raise `CallNotMadeError` if the flow run's calls have stopped."""
+        if self.stopped is not None and not resuming_paid_request.get():
+            raise CallNotMadeError(f"not called: {self.stopped}", reason=self.stopped)
 
     @contextmanager
     def permit(self) -> Iterator[None]:
@@ -115,8 +128,7 @@ class FlowRunCalls:
                 nothing was sent.
         """
         with self._permits:
-            if self.stopped is not None:
-                raise CallNotMadeError(f"not called: {self.stopped}")
+            self.check()
             try:
                 yield
             except InsufficientCreditsError as exc:
@@ -143,7 +155,7 @@ def flow_run_call_limit(calls: int) -> Iterator[FlowRunCalls | None]:
     Outside a flow run it bounds nothing (and yields None). The bound is this
     process's; the shared limit (`segmind_call_slot`) still bounds every worker.
     """
-    run_id = flow_run_id()
+    run_id = _current_flow_run_id()
     if run_id is None:
         yield None
         return
@@ -161,23 +173,27 @@ def flow_run_call_limit(calls: int) -> Iterator[FlowRunCalls | None]:
 
 def flow_run_call_gate() -> FlowRunCalls | None:
     """The bound `flow_run_call_limit` set for the current flow run, if any."""
-    run_id = flow_run_id()
+    run_id = _current_flow_run_id()
     if run_id is None:
         return None
     with _flow_run_gates_lock:
         return _flow_run_gates.get(run_id)
 
 
-def flow_run_id() -> str | None:
-    """The current flow run's id (from a task run too), or None outside one."""
+def _current_flow_run_id() -> str | None:
+    """The flow run whose code is running, from its body or one of its task runs.
+
+    Prefect's own rule (``prefect.context.get_run_context``): with both contexts,
+    a flow run context whose id is not the task run's flow run is a subflow
+    running inside that task, so the subflow is the current flow run.
+    """
     task_found = TaskRunContext.get()
-    if task_found is not None:
-        flow_run_of_task = task_found.task_run.flow_run_id
-        return None if flow_run_of_task is None else str(flow_run_of_task)
-    found = FlowRunContext.get()
-    if found is not None and found.flow_run is not None:
-        return str(found.flow_run.id)
-    return None
+    flow_found = FlowRunContext.get()
+    flow_id = None if flow_found is None or flow_found.flow_run is None else flow_found.flow_run.id
+    if task_found is not None and (flow_id is None or flow_id == task_found.task_run.flow_run_id):
+        task_flow_id = task_found.task_run.flow_run_id
+        return None if task_flow_id is None else str(task_flow_id)
+    return None if flow_id is None else str(flow_id)
 
 
 def require_concurrency_limit(limit: str | None, rate_limit: str | None = None) -> None:

@@ -523,8 +523,12 @@ def test_a_call_not_made_after_a_406_is_a_row_not_run_and_the_406_row_is_named(
 ) -> None:
     # Started before the 406 was known, b's call was never sent (the flows' call limit).
     fake.failures["a"] = out_of_credits()
+    # As the client raises it: its message carries the slug and attempts, its reason not.
     fake.failures["b"] = CallNotMadeError(
-        "not called: Segmind credits ran out (406 on an earlier call)"
+        "not called: Segmind credits ran out (406 on an earlier call)",
+        reason="Segmind credits ran out (406 on an earlier call)",
+        slug=FLUX,
+        attempts=2,
     )
     first, second = ("b", "a") if not_made_first else ("a", "b")
     fake.gate(second)
@@ -542,7 +546,9 @@ def test_a_call_not_made_after_a_406_is_a_row_not_run_and_the_406_row_is_named(
     assert order[:2] == [first, second]
     assert results["a"].status is RowStatus.FAILED
     assert results["b"].status is RowStatus.NOT_RUN
-    assert (results["b"].error or "").startswith("not run: Segmind credits ran out (406")
+    assert (results["b"].error or "").startswith("not run: Segmind credits ran out (406 on ")
+    assert FLUX not in (results["b"].error or "")
+    assert "attempts" not in (results["b"].error or "")
     assert results["b"].cost_usd == 0
     assert results["c"].status is RowStatus.NOT_RUN
     assert fake.job_ids == ["a", "b"]

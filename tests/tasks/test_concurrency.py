@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks import ObjectStorage, SegmindCredentials
 from flows.batch import batch
+from segmind_core.client import resuming_paid_request
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, ServerError
-from tasks import edit_images_with_p_image_edit
+from tasks import concurrency, edit_images_with_p_image_edit
 from tasks.concurrency import (
     FlowRunCalls,
     MissingConcurrencyLimitError,
@@ -171,8 +173,20 @@ def test_a_flow_run_call_limit_is_its_own_flow_runs_and_ends_with_the_block() ->
         return gate_id()
 
     @flow
+    def limited_subflow() -> tuple[int | None, int | None]:
+        with flow_run_call_limit(2) as gate:
+            return (None if gate is None else id(gate)), gate_in_a_task.submit().result()
+
+    @task
+    def subflow_in_a_task() -> tuple[int | None, int | None]:
+        return limited_subflow()
+
+    @flow
     def parent() -> None:
         seen["before"] = gate_id()
+        # A subflow run from inside a task registers its limit under its own flow run,
+        # where its task runs find it.
+        seen["subflow in a task"], seen["its task"] = subflow_in_a_task.submit().result()
         with flow_run_call_limit(3):
             gate = flow_run_call_gate()
             assert isinstance(gate, FlowRunCalls)
@@ -194,7 +208,11 @@ def test_a_flow_run_call_limit_is_its_own_flow_runs_and_ends_with_the_block() ->
     assert seen["task"] == seen["flow"]  # a task run of the flow run takes the same permits
     assert seen["subflow"] is None  # another flow run: not bound by its parent's gate
     assert seen["after"] is None
-    with flow_run_call_limit(1):  # outside a flow run it bounds nothing
+    assert seen["subflow in a task"] is not None
+    assert seen["its task"] == seen["subflow in a task"]
+    assert seen["subflow in a task"] != seen["flow"]
+    with flow_run_call_limit(1) as nothing:  # outside a flow run it bounds nothing
+        assert nothing is None
         assert flow_run_call_gate() is None
 
 
@@ -248,3 +266,38 @@ def test_other_errors_leave_the_flow_runs_calls_open_and_give_the_permit_back() 
         failing_call()
     with calls.permit(), calls.permit():  # both permits are free again
         assert calls.stopped is None
+
+
+def test_a_call_holding_a_permit_is_not_sent_if_a_406_came_while_it_waited_for_a_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = FlowRunCalls(2)
+
+    @contextmanager
+    def shared_slot_after_a_406_elsewhere() -> Iterator[None]:
+        calls.stopped = "Segmind credits ran out (406 on an earlier call)"  # meanwhile
+        yield
+
+    monkeypatch.setattr(
+        concurrency, "_shared_slot", lambda limit, rate: shared_slot_after_a_406_elsewhere
+    )
+    slot = segmind_call_slot("segmind", flow_run_gate=calls)
+
+    with pytest.raises(CallNotMadeError, match="not called"), slot():
+        pytest.fail("the call was sent after the 406")
+    with calls._permits, calls._permits:  # both permits came back
+        pass
+
+
+def test_resuming_a_paid_queued_request_goes_through_after_a_406() -> None:
+    calls = FlowRunCalls(1)
+    calls.stopped = "Segmind credits ran out (406 on an earlier call)"
+    with pytest.raises(CallNotMadeError), calls.permit():
+        pytest.fail("a new call after the stop")
+    token = resuming_paid_request.set(True)
+    try:
+        with calls.permit():  # its result is paid for: fetch it
+            resumed = True
+    finally:
+        resuming_paid_request.reset(token)
+    assert resumed
