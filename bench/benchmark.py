@@ -228,19 +228,10 @@ def write_manifest(
     return changed
 
 
-def run_batch_child(env: Mapping[str, str], manifest: Path, output: Path, c: int) -> dict[str, Any]:
-    """`bench.batch_once` in a process of its own; returns what it printed."""
+def run_child(module: str, *args: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """``python -m module args`` in a process of its own; returns the JSON line it printed last."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.batch_once",
-            str(manifest),
-            "--output",
-            str(output),
-            "--max-concurrency",
-            str(c),
-        ],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=dict(env),
@@ -249,9 +240,22 @@ def run_batch_child(env: Mapping[str, str], manifest: Path, output: Path, c: int
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the batch run failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{module} failed:\n{done.stderr[-4000:]}")
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
+
+
+def run_batch_child(env: Mapping[str, str], manifest: Path, output: Path, c: int) -> dict[str, Any]:
+    """`bench.batch_once`: the batch flow once, in a process of its own."""
+    return run_child(
+        "bench.batch_once",
+        str(manifest),
+        "--output",
+        str(output),
+        "--max-concurrency",
+        str(c),
+        env=env,
+    )
 
 
 def billed(emulator_url: str) -> tuple[int, float, int]:
@@ -432,28 +436,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
 
         fast_env = {**env, "SEGMIND_BASE_URL": fast}
-        overhead = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.task_vs_httpx",
-                "--image-url",
-                image_url,
-                "--calls",
-                str(args.overhead_calls),
-                "--output",
-                str(work / "overhead-out"),
-            ],
-            capture_output=True,
-            text=True,
+        measured = run_child(
+            "bench.task_vs_httpx",
+            "--image-url",
+            image_url,
+            "--calls",
+            str(args.overhead_calls),
+            "--output",
+            str(work / "overhead-out"),
             env=fast_env,
-            cwd=REPO,
-            timeout=1800,
-            check=False,
         )
-        if overhead.returncode != 0:
-            raise RuntimeError(f"the overhead run failed:\n{overhead.stderr[-4000:]}")
-        measured = json.loads(overhead.stdout.strip().splitlines()[-1])
         results.update({k: v for k, v in measured.items() if k != "calls"})
         results["overhead_calls"] = measured["calls"]
         print(
