@@ -47,6 +47,7 @@ import httpx
 from PIL import Image
 
 from bench.chart import draw_chart
+from bench.provenance import git_commit
 
 KEY = "bench-key"
 SLUG = "p-image-edit"
@@ -305,20 +306,6 @@ def _photo(folder: Path) -> None:
     (folder / "photo.jpg").write_bytes(buffer.getvalue())
 
 
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return done.stdout.strip()
-
-
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n, latency, c = args.n, args.latency, args.concurrency
     # Only what is set below: a user's SEGMIND_QUEUE, SEGMIND_RATE_LIMIT or Prefect
@@ -561,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    results["commit"] = _git_commit()
+    results["commit"] = git_commit()
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["benchmark_s"] = round(time.perf_counter() - started, 1)
     results["bound_ratios"] = {

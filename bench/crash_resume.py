@@ -73,7 +73,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as ``python bench/crash_resume.py``
     sys.path.insert(0, str(REPO))
 
-from emulator import SegmindEmulator  # noqa: E402 - after the path fix above
+from bench.provenance import git_commit  # noqa: E402 - after the path fix above
+from emulator import SegmindEmulator  # noqa: E402
+from flows.common import TASK_RUNS_PER_CALL  # noqa: E402
 
 API_KEY = "crash-resume-key-not-secret"
 RESULTS = REPO / "bench" / "results" / "crash_resume.json"
@@ -778,9 +780,12 @@ def crash_and_resume(
         if in_queue or at_kill.pending or kill.jobs_submitted:
             problems.append("pending records or v2 jobs in a v1 run")
     # A call paid and not stored was in flight, or answered and being stored, at the
-    # kill (queue mode: accepted, its record not yet written).
-    if not 0 <= lost <= max_concurrency:
-        problems.append(f"{lost} calls paid and not stored; at most {max_concurrency} possible")
+    # kill: at most max_concurrency in flight plus the answers of the other task runs
+    # the batch starts (TASK_RUNS_PER_CALL per call). Queue mode: accepted, its record
+    # not yet written, which happens while the call's permit is held.
+    most_lost = max_concurrency if queue else TASK_RUNS_PER_CALL * max_concurrency
+    if not 0 <= lost <= most_lost:
+        problems.append(f"{lost} calls paid and not stored; at most {most_lost} possible")
 
     code, text, rerun_s = run_to_end(command, env, log=workdir / "rerun.log", timeout=timeout)
     if code != 0:
@@ -1019,7 +1024,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"problem: {problem}")
     print("PASS" if outcome.passed else "FAIL")
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    record = {**asdict(outcome), "passed": outcome.passed, "wall_s": round(wall, 2)}
+    record = {
+        **asdict(outcome),
+        "passed": outcome.passed,
+        "wall_s": round(wall, 2),
+        "commit": git_commit(),
+    }
     args.results.write_text(json.dumps(record, indent=2) + "\n")
     return 0 if outcome.passed else 1
 

@@ -48,9 +48,14 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-soak-prefec
 
 from PIL import Image
 
-from emulator import SegmindEmulator
-from segmind_core.contract import get_endpoint
-from segmind_core.outputs import SIDECAR_SUFFIX
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as ``python bench/fault_soak.py``
+    sys.path.insert(0, str(REPO))
+
+from bench.provenance import git_commit  # noqa: E402 - after the path fix above
+from emulator import SegmindEmulator  # noqa: E402
+from segmind_core.contract import get_endpoint  # noqa: E402
+from segmind_core.outputs import SIDECAR_SUFFIX  # noqa: E402
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
@@ -531,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_first_try_latency_s": round(check.max_first_try_latency_s, 3),
         "problems": problems,
         "result": "PASS" if not problems else "FAIL",
+        "commit": git_commit(),
     }
     print(f"rows {args.rows}, succeeded {succeeded}, images checked {check.images_checked}")
     print(f"flow wall time {wall:.1f} s (script {numbers['total_wall_s']} s)")
