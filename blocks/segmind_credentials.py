@@ -17,6 +17,7 @@ from segmind_core.client import (
     checked_api_key,
 )
 from segmind_core.errors import AuthenticationError
+from segmind_core.fetch import display_url
 
 __all__ = [
     "CONCURRENCY_LIMIT_ENV",
@@ -158,6 +159,16 @@ class SegmindCredentials(CredentialsBlock):
             return checked_api_key(self.api_key, self.label())
         from_env = os.environ.get(API_KEY_ENV, "")
         if from_env:
+            # The worker's key goes only to the worker's server: a block that names
+            # another one (it may come inline with a run's parameters) brings its own.
+            env_server = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+            if self.base_url and _same_server(self.base_url, env_server) is False:
+                raise AuthenticationError(
+                    f"the credentials name the server {display_url(self.base_url)} but "
+                    f"carry no key, and the key in {API_KEY_ENV} is sent only to "
+                    f"{display_url(env_server)} ({BASE_URL_ENV}, else Segmind's): save the "
+                    f"key in the block, or set {BASE_URL_ENV} on the worker"
+                )
             return checked_api_key(from_env, self.label())
         raise AuthenticationError(
             f"no Segmind API key: set {API_KEY_ENV} or save a SegmindCredentials block "
@@ -221,3 +232,8 @@ class SegmindCredentials(CredentialsBlock):
         }
         settings.update(overrides)
         return SegmindClient(self.resolved_api_key(), **settings)
+
+
+def _same_server(first: str, second: str) -> bool:
+    """Whether two base URLs name the same server root (case and a final ``/`` aside)."""
+    return first.strip().rstrip("/").lower() == second.strip().rstrip("/").lower()

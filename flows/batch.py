@@ -51,6 +51,7 @@ from flows.common import (
     SEED_MAX,
     TASK_RUNNER_THREADS,
     endpoint_caller,
+    refuse_inline_blocks,
     run_file_key,
     run_rows,
 )
@@ -194,6 +195,7 @@ def batch(
         has the counts and the results manifest's URL.
     """
     logger = get_run_logger()
+    refuse_inline_blocks(storage=storage, credentials=credentials)
     storage = storage if storage is not None else ObjectStorage()
     store = storage.get_store()
     defaults = defaults if defaults is not None else RowDefaults()

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger
+from prefect.blocks.core import Block
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import NotSet
@@ -30,9 +32,11 @@ __all__ = [
     "SEED_MAX",
     "TASK_RUNNER_THREADS",
     "TASK_RUNS_PER_CALL",
+    "InlineBlockError",
     "endpoint_caller",
     "paid_in_this_run",
     "record_storage",
+    "refuse_inline_blocks",
     "run_endpoint_task",
     "run_file_key",
     "run_rows",
@@ -46,6 +50,41 @@ TASK_RUNNER_THREADS = TASK_RUNS_PER_CALL * MAX_CONCURRENCY
 """Threads of the flows' task runners: enough for every task run `run_rows` starts."""
 SEED_MAX = 999_999_999_999_999
 """The largest seed the flows' forms accept (p-image-edit's bound, the tightest)."""
+
+
+class InlineBlockError(ValueError):
+    """A deployment's run was given a block's fields instead of a saved block."""
+
+
+def refuse_inline_blocks(**blocks: Block | None) -> None:
+    """In a deployment's run, refuse blocks given inline: only saved blocks are used.
+
+    A deployment's parameters come from whoever triggers a run (the UI form, the
+    API). A block given inline brings its own fields to the worker: credentials that
+    name another server (the worker's ``SEGMIND_API_KEY`` would go there, or the
+    worker would post to any internal address), storage that names any folder (then
+    readable as input) or any S3 endpoint (signed with the worker's AWS credentials).
+    A saved block is what the workspace's operators wrote. Runs outside a deployment
+    (a script, ``python -m flows.batch``, a test) are the operator's own and may pass
+    unsaved blocks. Raises before anything is read, written or paid for.
+
+    Raises:
+        InlineBlockError: naming each parameter given inline.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
+        return
+    inline = sorted(
+        name
+        for name, block in blocks.items()
+        if block is not None and block._block_document_id is None
+    )
+    if inline:
+        raise InlineBlockError(
+            f"{', '.join(inline)}: a deployment's run takes saved blocks only (pick one in "
+            "the run form, or pass {'$ref': {'block_document_id': ...}}); fields given "
+            "inline could send the worker's key or credentials elsewhere. Nothing was run"
+        )
 
 
 def run_file_key(suffix: str) -> str:

@@ -20,6 +20,7 @@ from flows.common import (
     SEED_MAX,
     TASK_RUNNER_THREADS,
     endpoint_caller,
+    refuse_inline_blocks,
     run_file_key,
     run_rows,
 )
@@ -99,6 +100,7 @@ def edit_each_image_with_p_image_edit(
         One result per image; a Failed state (the others still stored) when any failed.
     """
     logger = get_run_logger()
+    refuse_inline_blocks(storage=storage, credentials=credentials)
     storage = storage if storage is not None else ObjectStorage()
     store = storage.get_store()
     params: dict[str, Any] = {

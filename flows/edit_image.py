@@ -10,7 +10,7 @@ from pydantic import Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import SEED_MAX, run_endpoint_task
+from flows.common import SEED_MAX, refuse_inline_blocks, run_endpoint_task
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.generation import EditResult
 from tasks.segmind_tasks import edit_image_with_kontext_max, edit_image_with_kontext_pro
@@ -57,6 +57,7 @@ def edit_image(
     Returns:
         The stored image: where it is, its seed, and what it cost this run.
     """
+    refuse_inline_blocks(storage=storage, credentials=credentials)
     storage = storage if storage is not None else ObjectStorage()
     task = edit_image_with_kontext_pro if model is KontextModel.PRO else edit_image_with_kontext_max
     return run_endpoint_task(

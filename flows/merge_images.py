@@ -9,7 +9,7 @@ from pydantic import Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import SEED_MAX, run_endpoint_task
+from flows.common import SEED_MAX, refuse_inline_blocks, run_endpoint_task
 from flows.edit_image import KontextModel
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.generation import EditResult
@@ -52,6 +52,7 @@ def merge_images(
     Returns:
         The stored image: where it is, its seed, and what it cost this run.
     """
+    refuse_inline_blocks(storage=storage, credentials=credentials)
     storage = storage if storage is not None else ObjectStorage()
     task = (
         merge_images_with_kontext_pro

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import paid_in_this_run, record_storage
+from flows.common import paid_in_this_run, record_storage, refuse_inline_blocks
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.images import read_image_input
 from segmind_core.object_store import ObjectStore
@@ -145,6 +145,7 @@ def replace_background_then_merge(
         The two stored images, the page, the seeds and what the run paid.
     """
     logger = get_run_logger()
+    refuse_inline_blocks(storage=storage, credentials=credentials)
     storage = storage if storage is not None else ObjectStorage()
     records = record_storage(storage)
     background_state = edit_image_with_kontext_pro.with_options(

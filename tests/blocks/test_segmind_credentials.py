@@ -81,6 +81,54 @@ def test_explicit_fields_win_over_the_environment(clean_env: pytest.MonkeyPatch)
         assert client.base_url == "http://127.0.0.1:10"
 
 
+def test_the_environment_key_goes_only_to_the_environment_server(
+    clean_env: pytest.MonkeyPatch, start_emulator: EmulatorFactory
+) -> None:
+    # A block that names another server (it may come inline with a run's
+    # parameters) does not get the worker's key.
+    clean_env.setenv("SEGMIND_API_KEY", API_KEY)
+    elsewhere = start_emulator()
+    credentials = SegmindCredentials(base_url=f"{elsewhere.url}/?token=abc")
+
+    with pytest.raises(AuthenticationError) as caught:
+        credentials.get_client()
+
+    message = str(caught.value)
+    assert message.startswith(f"the credentials name the server {elsewhere.url}/?... but carry")
+    assert "is sent only to https://api.segmind.com (SEGMIND_BASE_URL" in message
+    assert API_KEY not in message
+    assert "token=abc" not in message
+    assert emulator_stats(elsewhere.url)["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("block_url", "env_url"),
+    [
+        ("http://127.0.0.1:9", "http://127.0.0.1:9"),
+        ("http://127.0.0.1:9/", "HTTP://127.0.0.1:9"),
+        ("https://api.segmind.com/", None),
+    ],
+)
+def test_a_block_naming_the_environment_server_takes_the_environment_key(
+    clean_env: pytest.MonkeyPatch, block_url: str, env_url: str | None
+) -> None:
+    clean_env.setenv("SEGMIND_API_KEY", "key-from-env")
+    if env_url is not None:
+        clean_env.setenv("SEGMIND_BASE_URL", env_url)
+
+    credentials = SegmindCredentials(base_url=block_url)
+
+    assert credentials.resolved_api_key().get_secret_value() == "key-from-env"
+
+
+def test_a_block_with_its_own_key_may_name_any_server(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SEGMIND_API_KEY", "key-from-env")
+
+    credentials = SegmindCredentials(api_key="key-from-block", base_url="http://127.0.0.1:10")
+
+    assert credentials.resolved_api_key().get_secret_value() == "key-from-block"
+
+
 def test_no_key_anywhere_fails_clearly_before_any_request(
     clean_env: pytest.MonkeyPatch, emulator: SegmindEmulator
 ) -> None:

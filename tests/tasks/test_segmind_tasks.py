@@ -1042,8 +1042,13 @@ def test_the_key_appears_in_no_log_error_result_parameter_state_or_stored_file(
     def explicit_block(prompt: str, credentials: SegmindCredentials) -> EditResult:
         return p_image_edit(prompt, [small], seed=9, credentials=credentials, storage=storage)
 
+    # The environment's key goes only to SEGMIND_BASE_URL: this block brings its own.
     storm_credentials = SegmindCredentials(
-        base_url=storm.url, max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02
+        api_key=SECRET_KEY,
+        base_url=storm.url,
+        max_attempts=2,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
     )
     # The key given in a block that is itself a flow parameter (as the flows allow).
     explicit_credentials = SegmindCredentials(api_key=SECRET_KEY, base_url=poor.url)
