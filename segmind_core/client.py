@@ -34,6 +34,7 @@ import email.utils
 import io
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +65,7 @@ from segmind_core.errors import (
     TransientError,
     UnexpectedResponseError,
 )
+from segmind_core.fetch import display_url
 from segmind_core.tls import shared_tls_context
 
 __all__ = [
@@ -659,7 +661,7 @@ class SegmindClient:
     def _error_for(self, endpoint: Endpoint, response: httpx.Response) -> SegmindError:
         """The typed error for a non-200 answer, with a message that says what to do."""
         status, slug = response.status_code, endpoint.slug
-        detail = _detail(response)
+        detail = _redacted(_detail(response), self._api_key.get_secret_value())
         said = f": {detail}" if detail else ""
         common: dict[str, Any] = {"status": status, "detail": detail, "slug": slug}
         if status == 401:
@@ -747,6 +749,22 @@ def _detail(response: httpx.Response) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])[:_DETAIL_CHARS]
     return None
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+
+
+def _redacted(detail: str | None, api_key: str) -> str | None:
+    """The service's words for messages: never the key, nor a URL's query or user info.
+
+    An error body may echo the key (a proxy's error page, a misconfigured gateway) or
+    an input's presigned URL, whose signature is a credential for that object.
+    """
+    if detail is None:
+        return None
+    if api_key:
+        detail = detail.replace(api_key, "[API key]")
+    return _URL.sub(lambda match: display_url(match.group(0)), detail)
 
 
 def _decimal(value: str | None) -> Decimal | None:

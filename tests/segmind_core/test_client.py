@@ -58,7 +58,7 @@ from segmind_core.errors import (
     UnexpectedResponseError,
 )
 from tests.conftest import EmulatorFactory
-from tests.support import API_KEY, decode, image_bytes, image_uri
+from tests.support import API_KEY, decode, image_bytes, image_uri, serving
 
 SECRET = "SG_0123456789abcdef_SECRET"  # noqa: S105 - a recognisable fake key
 LABEL = "block 'segmind-prod'"
@@ -926,3 +926,60 @@ def test_surrounding_whitespace_of_a_key_is_dropped() -> None:
 
     # A CRLF .env file leaves "\r" at the end: dropped, like the other surrounding blanks.
     assert checked_api_key("  sk-abc\r\n", "the test").get_secret_value() == "sk-abc"
+
+
+# Error bodies that echo secrets -------------------------------------------------
+
+ECHOED_KEY = "SG_live_echo_CANARY_0123456789abcdef"
+PRESIGNED = (
+    "https://inputs.s3.amazonaws.com/photo.png"
+    "?X-Amz-Credential=AKIAECHO%2F20261121&X-Amz-Signature=ECHOSIGNATURE123"
+)
+
+
+class _EchoingGateway(BaseHTTPRequestHandler):
+    """A gateway that answers with the request's key and an input's URL in its body."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status = {"/v1/p-image-edit": 401, "/v1/flux-kontext-pro": 502}.get(self.path, 404)
+        key = self.headers.get("x-api-key", "")
+        if status == 401:
+            body = json.dumps({"error": f"Invalid API key '{key}'; could not fetch {PRESIGNED}"})
+            content_type = "application/json"
+        else:
+            body = f"<html>Bad gateway. x-api-key: {key} url={PRESIGNED}</html>"
+            content_type = "text/html"
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("slug", ["p-image-edit", "flux-kontext-pro"])
+def test_an_error_body_that_echoes_the_key_or_a_presigned_url_is_redacted(
+    slug: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    params: dict[str, Any] = {"prompt": "x", "seed": 1}
+    if slug == "p-image-edit":
+        params["image_urls"] = ["https://example.invalid/a.png"]
+    with serving(_EchoingGateway) as url:
+        client = SegmindClient(
+            ECHOED_KEY, base_url=url, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01)
+        )
+        with client, pytest.raises(SegmindError) as caught:
+            client.generate(slug, params)
+
+    error = caught.value
+    seen = "\n".join([str(error), repr(error), str(error.detail), caplog.text])
+    assert error.status == (401 if slug == "p-image-edit" else 502)
+    assert "[API key]" in str(error)
+    assert "https://inputs.s3.amazonaws.com/photo.png?..." in str(error)
+    for secret in (ECHOED_KEY, "ECHOSIGNATURE123", "AKIAECHO"):
+        assert secret not in seen
