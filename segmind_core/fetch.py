@@ -274,6 +274,7 @@ class InputPolicy:
             parts = urlsplit(url)
         except ValueError:
             raise FetchRefusedError(f"{display_url(url)} is not a valid URL") from None
+        _refuse_ambiguous(url, parts.netloc)
         scheme, host = parts.scheme.lower(), parts.hostname
         try:
             port = parts.port or (443 if scheme == "https" else 80)
@@ -292,6 +293,31 @@ class InputPolicy:
         for address in found:
             check_address(address, self.allowed_networks)
         return host, port, found
+
+
+def _refuse_ambiguous(url: str, netloc: str) -> None:
+    r"""Refuse URLs that parsers read differently: the URL checked here is the one sent.
+
+    The service fetches an http(s) input itself, with its own URL parser. A backslash
+    (``http://127.0.0.1\@public.example/``: Python reads the host after the ``@``,
+    a browser-style parser before it), user info, or whitespace and control
+    characters could make it fetch a host other than the one checked here.
+
+    Raises:
+        FetchRefusedError: naming what is wrong.
+    """
+    if "\\" in url:
+        problem = "contains a backslash"
+    elif "@" in netloc:
+        problem = "has user info (user@host)"
+    elif any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        problem = "contains whitespace or control characters"
+    else:
+        return
+    raise FetchRefusedError(
+        f"{display_url(url)} {problem}: not accepted as an input, since the service's URL "
+        "parser could read its host differently; give the plain URL"
+    )
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -552,6 +552,16 @@ CASES: list[Case] = [
         "input_image_2: gopher:// " + SCHEME,
     ),
     row_case(
+        "url-read-differently-by-other-parsers",
+        lambda i: p_row("backslash", ["http://127.0.0.1\\@10.0.0.1/x.png"]),
+        "image_urls[0]: http://10.0.0.1/x.png contains a backslash: not accepted",
+    ),
+    row_case(
+        "url-with-user-info",
+        lambda i: flux_row("user-info", ["https://user:secret@10.0.0.1/x.png"]),
+        "input_image: https://10.0.0.1/x.png has user info (user@host): not accepted",
+    ),
+    row_case(
         "path-outside-roots",
         lambda i: flux_row("etc-hosts", ["/etc/hosts"]),
         "input_image: /etc/hosts " + OUTSIDE,
