@@ -49,7 +49,15 @@ ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024
 MAX_INPUT_PIXELS = 64_000_000
-_MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+_MIME_TYPES = {
+    "JPEG": "image/jpeg",
+    # A JPEG with more pictures after the first (phone photos with a depth map or
+    # gain map): Pillow calls it MPO; the first picture is a plain JPEG.
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+}
 
 
 class InvalidInputImageError(PermanentError, ValueError):
@@ -89,11 +97,21 @@ def _check_image_bytes(field: str, data: bytes, origin: str) -> str:
                         f"{origin} is {width}x{height} = {width * height} pixels, more than "
                         f"the {MAX_INPUT_PIXELS} allowed (refused before decoding)",
                     )
-                if fmt == "JPEG":
+                if fmt in ("JPEG", "MPO") and _is_progressive(image):
+                    # Pillow decodes a progressive JPEG with a buffer of every
+                    # coefficient (hundreds of MiB for 64 MP, draft mode or not):
+                    # check its markers instead.
+                    if not _jpeg_ends_after_its_last_scan(data):
+                        raise ValueError("truncated")
+                elif fmt in ("JPEG", "MPO"):
                     # verify() does not notice a JPEG cut short; decoding at 1/8 scale
                     # (draft mode) does, at a small share of a full decode's cost.
                     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                     image.load()
+                elif fmt == "GIF":
+                    # verify() does nothing for GIF.
+                    if not _gif_is_complete(data):
+                        raise ValueError("truncated")
                 else:
                     image.verify()
     except InvalidInputImageError:
@@ -109,6 +127,58 @@ def _check_image_bytes(field: str, data: bytes, origin: str) -> str:
             field, f"{origin} is a {fmt} image; the endpoints take JPEG, PNG, GIF or WEBP"
         )
     return _MIME_TYPES[fmt]
+
+
+def _is_progressive(image: Image.Image) -> bool:
+    return bool(image.info.get("progressive") or image.info.get("progression"))
+
+
+def _jpeg_ends_after_its_last_scan(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the last start-of-scan marker.
+
+    Entropy-coded data never holds ``FF D9`` or ``FF DA`` (an ``FF`` there is
+    stuffed with ``00``), so a JPEG cut anywhere in or after its scans has no
+    end marker after its last scan. An embedded thumbnail ends before the scans.
+    """
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan + 2) >= 0
+
+
+def _gif_is_complete(data: bytes) -> bool:
+    """Whether every block of a GIF is whole, up to its trailer (or the end, after a frame)."""
+    view = memoryview(data)
+    if len(view) < 13:
+        return False
+    position = 13 + _color_table_size(view[10])
+    frames = 0
+    while position < len(view):
+        kind = view[position]
+        if kind == 0x3B:  # trailer
+            return frames > 0
+        if kind == 0x21:  # extension: label, then sub-blocks
+            position += 2
+        elif kind == 0x2C:  # image: descriptor, colour table, LZW code size, sub-blocks
+            if position + 10 > len(view):
+                return False
+            position += 10 + _color_table_size(view[position + 9]) + 1
+            frames += 1
+        else:
+            return False
+        while True:  # sub-blocks, each a size byte and that many bytes; size 0 ends
+            if position >= len(view):
+                return False
+            size = view[position]
+            position += 1 + size
+            if size == 0:
+                break
+        if position > len(view):
+            return False
+    # No trailer: whole only if the data ends exactly after a block, with a frame.
+    return position == len(view) and frames > 0
+
+
+def _color_table_size(packed: int) -> int:
+    return 3 * 2 ** ((packed & 0x07) + 1) if packed & 0x80 else 0
 
 
 def _encode_pil_image(field: str, image: Image.Image) -> bytes:

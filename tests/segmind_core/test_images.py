@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 import segmind_core.images as images
 from segmind_core.contract import validate_request
@@ -202,6 +203,73 @@ def test_truncated_image_is_refused() -> None:
     data = image_bytes(size=(64, 48))
     with pytest.raises(InvalidInputImageError, match="not a readable image"):
         to_image_ref(data[: len(data) // 2], field="input_image")
+
+
+def _noise(size: tuple[int, int] = (240, 160)) -> Image.Image:
+    return Image.effect_noise(size, 60).convert("RGB")
+
+
+def _encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _animated_gif() -> bytes:
+    frames = [_noise((120, 80)).convert("P") for _ in range(3)]
+    return _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+def _cuts(data: bytes) -> list[int]:
+    """Lengths to cut ``data`` to: every 97th byte, and the last few bytes one by one."""
+    return sorted({*range(16, len(data) - 2, 97), *range(len(data) - 8, len(data) - 1)})
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("progressive-jpeg", _encoded(_noise(), "JPEG", progressive=True)),
+        ("baseline-jpeg", _encoded(_noise(), "JPEG")),
+        ("animated-gif", _animated_gif()),
+    ],
+)
+def test_an_image_cut_anywhere_is_refused_and_whole_is_accepted(name: str, data: bytes) -> None:
+    mime = "image/gif" if name.endswith("gif") else "image/jpeg"
+    assert to_image_ref(data, field="input_image").startswith(f"data:{mime};base64,")
+    for length in _cuts(data):
+        with pytest.raises(InvalidInputImageError, match="or is truncated"):
+            to_image_ref(data[:length], field="input_image")
+
+
+def test_a_progressive_jpeg_is_checked_from_its_markers_without_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow decodes a progressive JPEG with a buffer of every coefficient (hundreds
+    # of MiB at 64 MP, draft mode or not): its pixels are never decoded here.
+    decoded: list[object] = []
+
+    def load(self: ImageFile.ImageFile) -> Any:
+        decoded.append(self.size)
+        raise RuntimeError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    data = _encoded(_noise(), "JPEG", progressive=True)
+
+    assert to_image_ref(data, field="input_image").startswith("data:image/jpeg;base64,")
+    with pytest.raises(InvalidInputImageError, match="or is truncated"):
+        to_image_ref(data[:-100], field="input_image")
+    assert decoded == []
+
+
+def test_a_jpeg_with_more_pictures_mpo_is_a_jpeg() -> None:
+    # Phone photos carry a depth or gain map as a second picture: Pillow reads MPO.
+    data = _encoded(_noise(), "MPO", save_all=True, append_images=[_noise()])
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "MPO"
+
+    assert to_image_ref(data, field="input_image").startswith("data:image/jpeg;base64,")
+    with pytest.raises(InvalidInputImageError, match="or is truncated"):
+        to_image_ref(data[: len(data) // 4], field="input_image")
 
 
 def test_oversized_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
