@@ -212,7 +212,8 @@ def generate_and_store(
             not refresh or resume is not None
         ):
             if resume is not None:
-                outputs.clear_pending(job_key)  # stored before the record was removed
+                # Stored before the record was removed.
+                outputs.clear_pending(job_key, resume.request_id)
             return _reference(spec, existing, digest, reused=True)
         # A refresh, or another request under the same job id (a new seed, a changed
         # prompt): never overwrite an image already paid for.
@@ -256,8 +257,10 @@ def generate_and_store(
     except (QueuedResultExpiredError, RequestRejectedError) as error:
         # A queued request that expired or failed can never complete: set its
         # record aside so the next run submits again instead of polling it.
-        polled = resume is not None or bool(submitted)
-        if polled and outputs.load_pending(job_key) is not None:
+        # Only its own record: another run may have recorded its request since.
+        polled = resume or (submitted[0] if submitted else None)
+        record = outputs.load_pending(job_key) if polled is not None else None
+        if polled is not None and record and record.get("request_id") == polled.request_id:
             if isinstance(error, QueuedResultExpiredError) or error.status == 422:
                 outputs.set_pending_aside(job_key, error.message)
             elif error.status == 404:
@@ -289,9 +292,14 @@ def generate_and_store(
         "flow_name": flow_name,
         **{name: value for name, value in (run_ids or {}).items()},
     }
+    if existing is None and outputs.load(key) is not None:
+        # Stored meanwhile by another run of the same job id: keep its image too.
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
     stored = outputs.save(key, generated.image, sidecar)
-    if client.queue or resume is not None:
-        outputs.clear_pending(job_key)
+    queued = resume or (submitted[0] if submitted else None)
+    if queued is not None:
+        outputs.clear_pending(job_key, queued.request_id)
     return _reference(spec, stored, digest, reused=False).model_copy(
         update={
             "cost_usd": generated.cost_usd,

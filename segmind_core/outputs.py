@@ -17,6 +17,7 @@ that finds one polls that request again instead of paying for a new one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -164,20 +165,40 @@ class OutputStore:
         """Where the pending record for ``key`` is (or would be)."""
         return self.store.url(_pending_key(key))
 
-    def clear_pending(self, key: str) -> None:
-        """Remove the pending record for ``key``, if there is one."""
-        if self.store.exists(_pending_key(key)):
+    def clear_pending(self, key: str, request_id: str) -> bool:
+        """Remove the pending record for ``key`` if it is request ``request_id``'s.
+
+        Another run may have recorded its own request under the same key since
+        (the same job id, run twice at once): that record is left alone.
+        Returns whether a record was removed.
+        """
+        record = self.load_pending(key)
+        if record is None or record.get("request_id") != request_id:
+            return False
+        self._remove_pending(key)
+        return True
+
+    def _remove_pending(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
             self.store.fs.rm_file(self.store.path(_pending_key(key)))
 
-    def set_pending_aside(self, key: str, reason: str) -> str:
-        """Move the pending record for ``key`` under ``_queue/expired/``; returns its URL."""
-        record = self.load_pending(key) or {}
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    def set_pending_aside(self, key: str, reason: str) -> str | None:
+        """Move the pending record for ``key`` under ``_queue/expired/``; returns its URL.
+
+        The copy is named by the request id and the time to the microsecond, so two
+        records set aside in the same second are both kept. ``None`` when there
+        was no record.
+        """
+        record = self.load_pending(key)
+        if record is None:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        request = sanitise_key_part(str(record.get("request_id") or "unknown"))
         url = self.store.write(
-            f"{PENDING_PREFIX}expired/{key}.{stamp}.json",
+            f"{PENDING_PREFIX}expired/{key}.{stamp}.{request}.json",
             json.dumps({**record, "set_aside_because": reason}, indent=2).encode(),
         )
-        self.clear_pending(key)
+        self._remove_pending(key)
         return url
 
     def read_verified(self, stored: StoredImage) -> bytes:

@@ -13,6 +13,7 @@ the image after the result was downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -555,3 +556,104 @@ def test_the_resumed_run_records_the_cost_and_balance_of_the_queued_request(
     assert result.credits_remaining == Decimal("99.95")
     assert Decimal(sidecar(outputs)["credits_remaining"]) == Decimal("99.95")
     assert Decimal(sidecar(outputs)["cost_usd"]) == Decimal("0.05")
+
+
+# Two runs of the same job id at once -----------------------------------------------------
+
+
+class PollsWhenLetGo(SegmindClient):
+    """A queue-mode client that, once its request is recorded, polls only when let go."""
+
+    def __init__(self, *args: Any, go: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.go = go
+
+    def _wait_for(
+        self, endpoint: Endpoint, request: SegmindRequest, queued: QueuedRequest
+    ) -> tuple[dict[str, Any], int]:
+        assert self.go.wait(timeout=60), "never let go"
+        return super()._wait_for(endpoint, request, queued)
+
+
+def test_two_runs_of_one_job_id_at_once_keep_each_others_record_and_image(
+    start_emulator: EmulatorFactory, outputs: OutputStore
+) -> None:
+    """Run A is polling when run B (the row edited since) starts under the same job id."""
+    emulator = start_emulator(api_key=KEY)
+    let_go = {"A": threading.Event(), "B": threading.Event()}
+    results: dict[str, EditResult] = {}
+    failures: list[BaseException] = []
+
+    def start(name: str, prompt: str) -> threading.Thread:
+        def body() -> None:
+            client = PollsWhenLetGo(
+                KEY,
+                base_url=emulator.url,
+                retry=FAST,
+                queue=True,
+                poll_interval_s=0.01,
+                go=let_go[name],
+            )
+            try:
+                with client:
+                    results[name] = run(client, spec(prompt=prompt), outputs)
+            except BaseException as exc:  # reported by the assertions below
+                failures.append(exc)
+
+        thread = threading.Thread(target=body, name=f"run-{name}")
+        thread.start()
+        return thread
+
+    def recorded() -> str | None:
+        raw = objects(outputs).get(PENDING_KEY)
+        return None if raw is None else str(json.loads(raw)["request_id"])
+
+    run_a = start("A", "on a beach")
+    request_a = wait_until(recorded, what="run A's pending record")
+    run_b = start("B", "in a forest")
+    request_b = wait_until(
+        lambda: (found := recorded()) != request_a and found, what="run B's pending record"
+    )
+
+    let_go["A"].set()
+    run_a.join(timeout=60)
+    # A stored its image and left B's record alone: a crash of B now loses nothing.
+    assert recorded() == request_b
+    let_go["B"].set()
+    run_b.join(timeout=60)
+
+    assert not failures, failures
+    stored = objects(outputs)
+    # Each paid image is kept under its own key, and matches what its run returned.
+    assert results["A"].key == OUTPUT_KEY
+    assert results["B"].key != OUTPUT_KEY
+    for name in ("A", "B"):
+        assert hashlib.sha256(stored[results[name].key]).hexdigest() == results[name].sha256
+    assert sidecar(outputs, results["B"].key)["parameters"]["prompt"] == "in a forest"
+    assert sidecar(outputs)["parameters"]["prompt"] == "on a beach"
+    # No record left; A's was set aside by B (the row had changed), never lost.
+    assert PENDING_KEY not in stored
+    aside = [k for k in stored if k.startswith(f"{PENDING_PREFIX}expired/")]
+    assert [json.loads(stored[k])["request_id"] for k in aside] == [request_a]
+    assert settled(emulator)["billed"] == 2
+
+
+def test_records_set_aside_in_the_same_second_are_all_kept(outputs: OutputStore) -> None:
+    for request_id in ("REQ-A", "REQ-B", "REQ-C"):
+        outputs.save_pending(OUTPUT_KEY, {"request_id": request_id})
+        assert outputs.set_pending_aside(OUTPUT_KEY, f"{request_id} set aside") is not None
+
+    stored = objects(outputs)
+    kept = sorted(json.loads(data)["request_id"] for data in stored.values())
+    assert kept == ["REQ-A", "REQ-B", "REQ-C"]
+    assert PENDING_KEY not in stored
+    assert outputs.set_pending_aside(OUTPUT_KEY, "nothing pending") is None
+
+
+def test_a_record_is_cleared_only_by_its_own_request(outputs: OutputStore) -> None:
+    outputs.save_pending(OUTPUT_KEY, {"request_id": "REQ-B"})
+
+    assert outputs.clear_pending(OUTPUT_KEY, "REQ-A") is False
+    assert pending_of(outputs)["request_id"] == "REQ-B"
+    assert outputs.clear_pending(OUTPUT_KEY, "REQ-B") is True
+    assert PENDING_KEY not in objects(outputs)
