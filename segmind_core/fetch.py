@@ -45,6 +45,7 @@ __all__ = [
     "ALLOW_NETWORKS_ENV",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT_S",
+    "INPUT_BUCKETS_ENV",
     "INPUT_ROOTS_ENV",
     "FetchRefusedError",
     "InputPolicy",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 INPUT_ROOTS_ENV = "SEGMIND_INPUT_ROOTS"
+INPUT_BUCKETS_ENV = "SEGMIND_INPUT_BUCKETS"
 ALLOW_NETWORKS_ENV = "SEGMIND_INPUT_ALLOW_NETWORKS"
 MAX_BYTES_ENV = "SEGMIND_INPUT_MAX_BYTES"
 TIMEOUT_ENV = "SEGMIND_INPUT_TIMEOUT_S"
@@ -178,6 +180,8 @@ class InputPolicy:
 
     Attributes:
         local_roots: Local files are read only under these folders.
+        store_locations: Storage URLs (``s3://bucket`` or ``s3://bucket/prefix``)
+            inputs may be read from besides the output storage's own bucket.
         allowed_networks: Non-public networks that http(s) inputs may still use.
         max_bytes: Largest input read.
         timeout_s: Longest a download may take in all.
@@ -185,6 +189,7 @@ class InputPolicy:
     """
 
     local_roots: tuple[Path, ...] = ()
+    store_locations: tuple[str, ...] = ()
     allowed_networks: tuple[IPNetwork, ...] = ()
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -195,7 +200,9 @@ class InputPolicy:
         """The policy from ``SEGMIND_INPUT_*`` variables.
 
         ``SEGMIND_INPUT_ROOTS`` (folders separated by ``os.pathsep``; the working
-        directory when unset), ``SEGMIND_INPUT_ALLOW_NETWORKS`` (addresses or
+        directory when unset), ``SEGMIND_INPUT_BUCKETS`` (storage URLs such as
+        ``s3://bucket/prefix``, comma or space separated; none besides the output
+        storage's bucket when unset), ``SEGMIND_INPUT_ALLOW_NETWORKS`` (addresses or
         CIDR networks, comma or space separated; none when unset),
         ``SEGMIND_INPUT_MAX_BYTES`` and ``SEGMIND_INPUT_TIMEOUT_S``.
 
@@ -214,8 +221,17 @@ class InputPolicy:
             timeout_s = float(env.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
         except ValueError:
             raise ValueError(f"{MAX_BYTES_ENV} and {TIMEOUT_ENV} must be numbers") from None
+        locations = tuple(
+            part for part in env.get(INPUT_BUCKETS_ENV, "").replace(",", " ").split() if part
+        )
+        for location in locations:
+            if len(urlsplit(location).scheme) <= 1 or not _store_location(location)[1]:
+                raise ValueError(
+                    f"{INPUT_BUCKETS_ENV}: {location!r} is not a storage URL like s3://bucket/prefix"
+                )
         return cls(
             local_roots=roots,
+            store_locations=locations,
             allowed_networks=_parse_networks(env.get(ALLOW_NETWORKS_ENV, "")),
             max_bytes=max_bytes,
             timeout_s=timeout_s,
@@ -243,6 +259,41 @@ class InputPolicy:
                 f"under {self.roots_text()}"
             )
         return scheme
+
+    def check_store_url(self, url: str, store_protocol: str | None, store_root: str | None) -> None:
+        """Refuse a storage URL outside the output storage's bucket and ``store_locations``.
+
+        The worker reads storage URLs with its own credentials, which may reach
+        buckets the person who triggers a run may not read: only the output
+        storage's bucket (the flows' own files) and the configured locations are
+        inputs.
+
+        Raises:
+            FetchRefusedError: outside them, or with a ``..`` segment.
+        """
+        scheme, location = _store_location(url)
+        if ".." in location.split("/"):
+            raise FetchRefusedError(f"{display_url(url)} has a '..' segment")
+        bucket = location.split("/", 1)[0]
+        own_bucket = (store_root or "").strip("/").split("/", 1)[0]
+        if scheme == store_protocol and bucket and bucket == own_bucket:
+            return
+        for allowed in self.store_locations:
+            allowed_scheme, allowed_location = _store_location(allowed)
+            if _same_store_scheme(scheme, allowed_scheme) and (
+                location == allowed_location or location.startswith(allowed_location + "/")
+            ):
+                return
+        own = (
+            f"the output storage's bucket, {store_protocol}://{own_bucket}"
+            if own_bucket and store_protocol and store_protocol != "file"
+            else "no output bucket"
+        )
+        extra = ", ".join(self.store_locations) or f"none in {INPUT_BUCKETS_ENV}"
+        raise FetchRefusedError(
+            f"{display_url(url)} is outside the storage inputs may be read from ({own}; "
+            f"{extra}); set {INPUT_BUCKETS_ENV} to allow it"
+        )
 
     def roots_text(self) -> str:
         """The local roots, for messages."""
@@ -293,6 +344,17 @@ class InputPolicy:
         for address in found:
             check_address(address, self.allowed_networks)
         return host, port, found
+
+
+def _store_location(url: str) -> tuple[str, str]:
+    """``(scheme, "bucket/key...")`` of a storage URL, without a final ``/``."""
+    parts = urlsplit(url)
+    return parts.scheme.lower(), f"{parts.netloc}{parts.path}".strip("/")
+
+
+def _same_store_scheme(first: str, second: str) -> bool:
+    aliases = {"s3a": "s3"}
+    return aliases.get(first, first) == aliases.get(second, second)
 
 
 def _refuse_ambiguous(url: str, netloc: str) -> None:

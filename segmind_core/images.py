@@ -299,6 +299,11 @@ def _read_checked(
             data = fetch_http(text, policy)
             return data, _check_image_bytes(field, data, display_url(text))
         if scheme:
+            policy.check_store_url(
+                text,
+                store.protocol if store is not None else None,
+                store.root if store is not None else None,
+            )
             data = _read_fsspec_url(field, text, store, policy.max_bytes)
             return data, _check_image_bytes(field, data, display_url(text))
         path = _local_policy(policy, store).check_local_path(text)

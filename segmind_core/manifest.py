@@ -224,9 +224,11 @@ def load_manifest(
             with open(policy.check_local_path(location), encoding="utf-8-sig") as handle:
                 text = handle.read()
         elif store is not None and scheme == store.protocol:
+            policy.check_store_url(location, store.protocol, store.root)
             data: bytes = store.fs.cat_file(location)
             text = data.decode("utf-8-sig")
         else:
+            policy.check_store_url(location, None, None)
             # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
             with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
                 text = handle.read()

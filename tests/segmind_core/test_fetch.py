@@ -547,6 +547,61 @@ def test_urls_parsers_read_differently_are_refused_before_any_lookup(
     assert "user@public" not in message
 
 
+# == InputPolicy.check_store_url ========================================================
+
+STORE_POLICY = InputPolicy(store_locations=("s3://catalogue/photos", "gs://shared"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://outputs/inputs/a.png",  # the output storage's own bucket, any prefix
+        "s3://outputs/elsewhere/b.png",
+        "s3://catalogue/photos/c.png",  # a configured location
+        "s3://catalogue/photos/2026/d.png",
+        "s3a://catalogue/photos/e.png",  # s3a names the same buckets
+        "gs://shared/f.png",
+    ],
+)
+def test_storage_urls_in_the_output_bucket_or_a_configured_location_pass(url: str) -> None:
+    STORE_POLICY.check_store_url(url, "s3", "outputs/runs")
+
+
+@pytest.mark.parametrize(
+    ("url", "store_protocol", "store_root", "expected"),
+    [
+        ("s3://hr-private/badge.png", "s3", "outputs/runs", "is outside the storage"),
+        ("s3://catalogue/photos-private/a.png", "s3", "outputs", "is outside the storage"),
+        ("s3://catalogue/a.png", "s3", "outputs", "is outside the storage"),
+        ("s3://outputs/a.png", "file", "/srv/outputs", "is outside the storage"),
+        ("s3://outputs/a.png", None, None, "is outside the storage"),
+        ("memory://outputs/a.png", "s3", "outputs", "is outside the storage"),
+        ("s3://outputs/../hr-private/a.png", "s3", "outputs", "has a '..' segment"),
+        ("s3://catalogue/photos/../../hr/a.png", "s3", "outputs", "has a '..' segment"),
+    ],
+)
+def test_storage_urls_elsewhere_are_refused_naming_what_is_allowed(
+    url: str, store_protocol: str | None, store_root: str | None, expected: str
+) -> None:
+    # The worker's credentials may reach buckets the person triggering a run may not.
+    with pytest.raises(FetchRefusedError) as refused:
+        STORE_POLICY.check_store_url(url, store_protocol, store_root)
+    message = str(refused.value)
+    assert message.startswith(f"{url} {expected}")
+    if expected.startswith("is outside"):
+        assert "s3://catalogue/photos, gs://shared); set SEGMIND_INPUT_BUCKETS" in message
+
+
+def test_without_configured_locations_only_the_output_bucket_is_readable() -> None:
+    policy = InputPolicy()
+    policy.check_store_url("s3://outputs/x.png", "s3", "outputs/prefix")
+    with pytest.raises(FetchRefusedError) as refused:
+        policy.check_store_url("s3://other/x.png", "s3", "outputs/prefix")
+    assert "(the output storage's bucket, s3://outputs; none in SEGMIND_INPUT_BUCKETS)" in str(
+        refused.value
+    )
+
+
 # == InputPolicy.from_env ================================================================
 
 
@@ -585,6 +640,18 @@ def test_from_env_parses_networks_separated_by_commas_or_spaces() -> None:
 def test_from_env_names_the_variable_of_a_bad_network(value: str) -> None:
     with pytest.raises(ValueError, match=ALLOW_NETWORKS_ENV):
         InputPolicy.from_env({ALLOW_NETWORKS_ENV: value})
+
+
+def test_from_env_reads_storage_locations_separated_by_commas_or_spaces() -> None:
+    policy = InputPolicy.from_env({"SEGMIND_INPUT_BUCKETS": "s3://a/photos, s3://b  gs://c"})
+    assert policy.store_locations == ("s3://a/photos", "s3://b", "gs://c")
+    assert InputPolicy.from_env({}).store_locations == ()
+
+
+@pytest.mark.parametrize("value", ["bucket-without-scheme", "/local/folder", "s3://"])
+def test_from_env_refuses_a_storage_location_that_is_not_a_storage_url(value: str) -> None:
+    with pytest.raises(ValueError, match=r"SEGMIND_INPUT_BUCKETS: .* is not a storage URL"):
+        InputPolicy.from_env({"SEGMIND_INPUT_BUCKETS": value})
 
 
 def test_from_env_reads_the_bounds() -> None:

@@ -14,6 +14,8 @@ import segmind_core.images as images
 from segmind_core.contract import validate_request
 from segmind_core.errors import PermanentError
 from segmind_core.images import InvalidInputImageError, to_image_ref
+from segmind_core.object_store import ObjectStore
+from tests.conftest import S3Server
 from tests.support import decode, image_bytes
 
 FORMATS = [
@@ -319,3 +321,31 @@ def test_schemes_outside_the_policy_are_refused(ref: str) -> None:
     assert caught.value.field == "input_image"
     assert f"{scheme}:// inputs are not accepted" in str(caught.value)
     assert "use http(s), s3, or a file under" in str(caught.value)
+
+
+def test_an_s3_input_outside_the_allowed_buckets_is_refused_before_reading(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's credentials reach a bucket the person who triggers a run may not read.
+    client = s3.client()
+    client.create_bucket(Bucket="hr-private")
+    client.put_object(Bucket="hr-private", Key="badge.png", Body=image_bytes(size=(32, 24)))
+    client.put_object(Bucket="outputs", Key="inputs/cup.png", Body=image_bytes(size=(32, 24)))
+    store = ObjectStore.from_url(
+        "s3://outputs/runs",
+        key=s3.access_key_id,
+        secret=s3.secret_access_key,
+        client_kwargs={"endpoint_url": s3.endpoint_url, "region_name": s3.region},
+    )
+    monkeypatch.delenv("SEGMIND_INPUT_BUCKETS", raising=False)
+
+    with pytest.raises(InvalidInputImageError) as refused:
+        images.read_image_input("s3://hr-private/badge.png", field="image_urls[0]", store=store)
+    assert str(refused.value).startswith(
+        "image_urls[0]: s3://hr-private/badge.png is outside the storage inputs may be read "
+        "from (the output storage's bucket, s3://outputs; none in SEGMIND_INPUT_BUCKETS)"
+    )
+    # The output storage's own bucket is readable; a configured bucket too.
+    assert images.read_image_input("s3://outputs/inputs/cup.png", field="f", store=store)
+    monkeypatch.setenv("SEGMIND_INPUT_BUCKETS", "s3://hr-private")
+    assert images.read_image_input("s3://hr-private/badge.png", field="f", store=store)

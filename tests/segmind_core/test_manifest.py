@@ -736,6 +736,33 @@ def storage_options(s3: S3Server) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def outputs_bucket_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manifests read without an output store: the bucket must be allowed by name."""
+    monkeypatch.setenv("SEGMIND_INPUT_BUCKETS", "s3://outputs")
+
+
+def test_an_s3_manifest_outside_the_allowed_buckets_is_refused_before_reading(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's credentials may reach buckets the person triggering a run may not.
+    s3.client().put_object(Bucket="outputs", Key="hr/salaries.jsonl", Body=jsonl(row()).encode())
+    store = ObjectStore.from_url("s3://results/runs", **storage_options(s3))
+    monkeypatch.setenv("SEGMIND_INPUT_BUCKETS", "s3://outputs/public")
+
+    for location in ("s3://outputs/hr/salaries.jsonl", "s3://results/../outputs/x.jsonl"):
+        with pytest.raises(ManifestError) as caught:
+            load_manifest(location, store=store)
+        (problem,) = caught.value.problems
+        assert problem.startswith(f"refused: {location} ")
+    with pytest.raises(ManifestError, match="outside the storage inputs may be read from"):
+        load_manifest("s3://outputs/hr/salaries.jsonl", store=store)
+
+    monkeypatch.setenv("SEGMIND_INPUT_BUCKETS", "s3://outputs/hr")
+    assert len(load_manifest("s3://outputs/hr/salaries.jsonl", store=store).rows) == 1
+
+
+@pytest.mark.usefixtures("outputs_bucket_allowed")
 def test_read_manifest_from_s3_keeps_relative_images(s3: S3Server) -> None:
     body = (MANIFESTS / "catalogue.jsonl").read_bytes()
     s3.client().put_object(Bucket="outputs", Key="batches/catalogue.jsonl", Body=body)
@@ -753,6 +780,7 @@ def test_read_manifest_from_s3_keeps_relative_images(s3: S3Server) -> None:
     ]
 
 
+@pytest.mark.usefixtures("outputs_bucket_allowed")
 def test_read_csv_manifest_from_s3(s3: S3Server) -> None:
     body = (MANIFESTS / "catalogue.csv").read_bytes()
     s3.client().put_object(Bucket="outputs", Key="catalogue.csv", Body=body)
@@ -775,6 +803,7 @@ def test_bad_manifest_on_s3_names_its_url(s3: S3Server) -> None:
     assert str(caught.value).startswith("manifest s3://outputs/bad.jsonl has 1 problem(s)")
 
 
+@pytest.mark.usefixtures("outputs_bucket_allowed")
 def test_missing_s3_manifest_cannot_be_read(s3: S3Server) -> None:
     with pytest.raises(ManifestError) as caught:
         read_manifest("s3://outputs/missing.jsonl", **storage_options(s3))
@@ -1428,6 +1457,7 @@ def test_load_manifest_from_s3_through_the_store_needs_no_storage_options(
     assert manifest.rows[2].params == {"aspect_ratio": "2:3", "seed": 11}  # p-image-edit
 
 
+@pytest.mark.usefixtures("outputs_bucket_allowed")
 def test_an_s3_manifest_without_credentials_cannot_be_read(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
