@@ -23,8 +23,9 @@ written again; the bill is exact, as below.
 ``/v1`` (the default): the calls in flight at the kill were answered and
 billed by the emulator after their client had died, so their images were
 lost: ``lost`` = billed once the kill settled - rows stored at the kill
-(at most ``--max-concurrency``). The re-run pays for exactly the rows not
-stored at the kill; total billed = rows + lost.
+(at most twice ``--max-concurrency``: the calls in flight, and answers received
+but not yet stored by the other task runs the batch starts). The re-run pays for
+exactly the rows not stored at the kill; total billed = rows + lost.
 
 ``--queue`` (Segmind's v2 queue, ``flows.batch --queue``): every job the
 killed run submitted still runs and is billed. A row's pending record

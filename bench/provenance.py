@@ -6,18 +6,23 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = "bench/results"
 
 
 def git_commit() -> str | None:
-    """``git describe --always --dirty`` of the checkout, or None outside a git checkout."""
+    """The short commit of the checkout; None outside a git checkout.
+
+    ``-dirty`` is added when tracked files outside ``bench/results`` differ from
+    the commit (the results being written do not count).
+    """
     try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        commit = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}")
     except (OSError, subprocess.CalledProcessError):
         return None
+    return f"{commit}-dirty" if changed else commit
+
+
+def _git(*arguments: str) -> str:
+    done = subprocess.run(["git", *arguments], cwd=REPO, capture_output=True, text=True, check=True)
     return done.stdout.strip()

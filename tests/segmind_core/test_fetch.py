@@ -397,12 +397,11 @@ def test_public_addresses_pass(address: str) -> None:
     ],
 )
 def test_nat64_addresses_are_judged_by_the_ipv4_address_they_carry(address: str) -> None:
-    """BUG (reported): 64:ff9b::/96 addresses pass as public.
+    """64:ff9b::/96 addresses are judged by the IPv4 address they carry.
 
     On an IPv6-only host behind DNS64/NAT64 (AWS IPv6-only subnets, EKS IPv6
     clusters), a connection to 64:ff9b::<a.b.c.d> is translated to a.b.c.d: a
-    host name with such an AAAA record reaches private and metadata addresses.
-    `check_address` unwraps IPv4-mapped addresses (::ffff:0:0/96) but not these.
+    host name with such an AAAA record would reach private and metadata addresses.
     """
     with pytest.raises(FetchRefusedError, match="public addresses only"):
         check_address(address)
@@ -871,14 +870,12 @@ def test_fetch_refuses_a_compressed_body_it_did_not_ask_for(encoding: str) -> No
 
 
 def test_fetch_download_time_is_bounded_while_bytes_trickle() -> None:
-    """BUG (reported): the time bound is only checked per 64 KiB chunk.
+    """The time bound holds against a body trickled a byte at a time.
 
-    `_bounded_body` reads ``response.iter_bytes(64 KiB)``, which buffers until
-    64 KiB have arrived (or the body ends) before yielding, and the deadline is
-    checked only when a chunk is yielded. A server sending a byte every 0.2 s
-    never trips httpx's per-read timeout either, so the download runs as long
-    as the server likes (about 3.6 hours to fill the first chunk); here the
-    refusal only comes when the server ends its body after 2.5 s.
+    A server sending a byte every 0.2 s never trips httpx's per-read timeout,
+    and a reader that checks its deadline only once a chunk is full would wait
+    as long as the server likes; the download runs in a helper thread that is
+    abandoned at the deadline.
     """
     timeout_s = 0.5
     with scripted_server({"/slow": trickle_body(interval_s=0.2, duration_s=2.5)}) as server:
@@ -893,12 +890,10 @@ def test_fetch_download_time_is_bounded_while_bytes_trickle() -> None:
 
 
 def test_fetch_time_bound_covers_slowly_sent_headers() -> None:
-    """BUG (reported): the deadline is never checked before the body.
+    """The deadline covers the response headers too.
 
-    Response headers sent a byte every 0.2 s defeat httpx's per-read timeout,
-    and `fetch_http` only looks at its deadline while reading the body; the
-    same holds for the redirect hops. Here the refusal comes after the 2.5 s the
-    server takes to finish its headers.
+    Response headers sent a byte every 0.2 s defeat httpx's per-read timeout;
+    the same holds for the redirect hops.
     """
     timeout_s = 0.5
     with scripted_server({"/slow": trickle_headers(interval_s=0.2, duration_s=2.5)}) as server:
@@ -1101,15 +1096,11 @@ def test_refusals_before_any_answer_name_no_secrets(url: str) -> None:
     ],
 )
 def test_malformed_urls_are_refused_not_raised_as_bare_value_errors(call: str) -> None:
-    """BUG (reported): a URL with a bad port or a broken IPv6 host escapes as ValueError.
+    """A URL with a bad port or a broken IPv6 host is a refusal, not a bare ValueError.
 
-    `InputPolicy.addresses` catches the ValueError of ``parts.port`` but then
-    builds its message with `display_url`, which reads ``parts.port`` again and
-    raises the same ValueError; ``urlsplit`` raises on ``http://[::1`` before
-    `check_scheme` can refuse it. So `read_image_input`/`resolve_image` raise a
-    plain ValueError (not `InvalidInputImageError`, not a `PermanentError`) for
-    a bad input, and a server can make `fetch_http` do the same with a
-    ``Location`` header.
+    ``parts.port`` and ``urlsplit`` raise ValueError on such URLs, in the input
+    itself or in a server's ``Location`` header; `read_image_input` and
+    `resolve_image` must still raise `InvalidInputImageError` (a `PermanentError`).
     """
     kind, _, url = call.partition(":")
     if kind == "addresses":

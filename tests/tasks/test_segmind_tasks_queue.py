@@ -138,12 +138,11 @@ def test_a_retried_task_with_a_drawn_seed_and_no_job_id_does_not_pay_twice(
     tmp_path: Path,
     first_client_times_out: list[SegmindClient],
 ) -> None:
-    """GAP against the issue ("a task that crashes or retries resumes polling the same
-    request instead of paying for a new one"): the retry draws a new seed, so the
-    output key (the request digest) differs, no pending record is found, and the
-    request is submitted and paid again. Fails until that case is handled (e.g. a
-    seed drawn once per task run and kept across its retries, or pending records
-    also found by the request without its seed)."""
+    """A retry resumes the queued request although the seed was drawn, not pinned.
+
+    The seed is derived from the task run's id, so the retry makes the same
+    request (same digest, same output key) and finds its pending record.
+    """
     _, stats = run_retried_task(start_emulator, tmp_path, None, None)
 
     assert stats["requests"] == 1, "the retry submitted (and paid) a new request"
