@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -405,20 +405,7 @@ def fetch_http(
         FetchRefusedError: refused, unreachable, not 200, too large or too slow.
     """
     deadline = time.monotonic() + policy.timeout_s
-    # Direct connections ignore proxy settings (they go to the checked address);
-    # the second client is for URLs the environment sends through a proxy.
-    clients = _Clients(
-        *(
-            httpx.Client(
-                timeout=httpx.Timeout(policy.timeout_s),
-                follow_redirects=False,
-                transport=transport,
-                trust_env=trust_env,
-                verify=shared_tls_context(),
-            )
-            for trust_env in (False, True)
-        )
-    )
+    clients = _Clients(policy.timeout_s, transport)
     outcome: list[bytes | BaseException] = []
 
     def download() -> None:
@@ -431,9 +418,7 @@ def fetch_http(
     worker.start()
     worker.join(policy.timeout_s)
     finished = not worker.is_alive() and bool(outcome)
-    for client in clients:
-        with contextlib.suppress(Exception):  # may be in use by a thread past its deadline
-            client.close()
+    clients.close()
     if not finished:
         raise FetchRefusedError(
             f"{display_url(url)} took more than {policy.timeout_s:g} s to download"
@@ -444,18 +429,48 @@ def fetch_http(
     return result
 
 
-def _through_proxy(url: str) -> bool:
-    """Whether the environment sends ``url`` through a proxy (``HTTPS_PROXY``...)."""
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment sends ``url`` through (``HTTPS_PROXY``...), if any.
+
+    Decided here once, by the ``NO_PROXY`` rules of the standard library; the
+    client then uses exactly that proxy (it reads no environment of its own),
+    so a URL is either pinned to its checked address or sent to the proxy,
+    never to a name resolved again.
+    """
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
-class _Clients(NamedTuple):
-    direct: httpx.Client
-    proxied: httpx.Client
+class _Clients:
+    """The direct client, and one client per proxy (made when first needed)."""
+
+    def __init__(self, timeout_s: float, transport: httpx.BaseTransport | None) -> None:
+        self._settings: dict[str, Any] = {
+            "timeout": httpx.Timeout(timeout_s),
+            "follow_redirects": False,
+            "trust_env": False,  # proxies are chosen by `_proxy_for`, nowhere else
+            "verify": shared_tls_context(),
+        }
+        self.direct = httpx.Client(transport=transport, **self._settings)
+        self._proxied: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def through(self, proxy: str) -> httpx.Client:
+        with self._lock:
+            if proxy not in self._proxied:
+                self._proxied[proxy] = httpx.Client(proxy=proxy, **self._settings)
+            return self._proxied[proxy]
+
+    def close(self) -> None:
+        with self._lock:
+            clients = [self.direct, *self._proxied.values()]
+        for client in clients:
+            with contextlib.suppress(Exception):  # may be in use by a thread past its deadline
+                client.close()
 
 
 def _follow(clients: _Clients, url: str, policy: InputPolicy, deadline: float) -> bytes:
@@ -505,8 +520,9 @@ def _unreachable(url: str, exc: BaseException) -> FetchRefusedError:
 def _get(clients: _Clients, url: str, host: str, address: str) -> Any:
     """The streamed GET of ``url``: pinned to ``address``, or by name through a proxy."""
     headers = {"Accept-Encoding": "identity"}
-    if _through_proxy(url):
-        return clients.proxied.stream("GET", url, headers=headers)
+    proxy = _proxy_for(url)
+    if proxy is not None:
+        return clients.through(proxy).stream("GET", url, headers=headers)
     ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
     extensions = {"sni_hostname": ascii_host} if urlsplit(url).scheme == "https" else {}
     headers["Host"] = _host_header(url, ascii_host)

@@ -1290,3 +1290,47 @@ def test_through_a_proxy_the_proxy_is_asked_by_name_after_the_check(
             fetch_http("http://images.example.test/cat.png", loopback_policy(resolver=private))
         assert len(proxy.requests) == 1
     assert network_guard.refused == []
+
+
+@pytest.mark.parametrize(
+    "no_proxy", ["example.test:8443", ".example.test:8443", "other.example.test"]
+)
+def test_a_url_the_rules_send_through_the_proxy_goes_to_that_proxy_only(
+    no_proxy: str, monkeypatch: pytest.MonkeyPatch, network_guard: NetworkGuard
+) -> None:
+    # NO_PROXY entries with a port are read differently by urllib and httpx: one
+    # said "proxy", the other connected straight to the name, resolving it again
+    # (a rebinding DNS could then answer an address that was never checked).
+    url = "http://images.example.test:8443/cat.png"
+    with scripted_server({url: send(200, PNG)}) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        monkeypatch.delenv("no_proxy", raising=False)
+        resolver = StubResolver({"images.example.test": ["127.0.0.1"]})
+
+        data = fetch_http(url, loopback_policy(resolver=resolver))
+
+        assert data == PNG
+        assert proxy.requests == [(url, "images.example.test:8443")]
+    assert network_guard.refused == []
+
+
+def test_a_url_the_rules_exempt_from_the_proxy_is_pinned_to_its_checked_address(
+    monkeypatch: pytest.MonkeyPatch, network_guard: NetworkGuard
+) -> None:
+    with (
+        scripted_server({}) as proxy,
+        scripted_server({"/cat.png": send(200, PNG)}) as server,
+    ):
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "images.example.test")
+        monkeypatch.delenv("no_proxy", raising=False)
+        resolver = StubResolver({"images.example.test": ["127.0.0.1"]})
+
+        url = f"http://images.example.test:{server.port}/cat.png"
+        data = fetch_http(url, loopback_policy(resolver=resolver))
+
+        assert data == PNG
+        assert proxy.requests == []
+        assert server.requests == [("/cat.png", f"images.example.test:{server.port}")]
+    assert network_guard.refused == []
