@@ -35,6 +35,7 @@ from bench.crash_resume import (
     Inventory,
     KillReport,
     LocalObjects,
+    Objects,
     S3Access,
     S3Objects,
     batch_command,
@@ -44,6 +45,7 @@ from bench.crash_resume import (
     input_images,
     jsonl,
     manifest_rows,
+    prepare_local,
     request_ids,
     results_manifest,
     run_and_kill,
@@ -102,18 +104,32 @@ def s3_batch(s3: S3Server) -> tuple[str, str, list[dict[str, Any]], S3Objects, S
 
 
 def crash_then_resume(
-    start_emulator: EmulatorFactory, tmp_path: Path, s3: S3Server, *, queue: bool
+    start_emulator: EmulatorFactory,
+    tmp_path: Path,
+    s3: S3Server | None,
+    *,
+    queue: bool,
 ) -> Crash:
     """Kill the batch once KILL_WHEN_BILLED calls are billed, re-run it, check every output.
 
-    The bill is checked by each test, from the numbers returned.
+    On S3 without ``s3``, in a local folder otherwise. The bill is checked by
+    each test, from the numbers returned.
     """
-    manifest, output, rows, objects, access = s3_batch(s3)
-    emulator = start_emulator(api_key=API_KEY, latency_s=QUEUE_LATENCY_S if queue else V1_LATENCY_S)
-    row_ids = [row["id"] for row in rows]
     api_url = PREFECT_API_URL.value()
     assert api_url, "the session's Prefect server is not running"
-    env = batch_env(tmp_path / "prefect-home", emulator.url, s3=access, api_url=api_url)
+    home = tmp_path / "prefect-home"
+    objects: Objects
+    if s3 is not None:
+        manifest, output, rows, objects, access = s3_batch(s3)
+    else:
+        work = tmp_path / "work"
+        manifest, output, rows, objects = prepare_local(work, ROWS, 6)
+    emulator = start_emulator(api_key=API_KEY, latency_s=QUEUE_LATENCY_S if queue else V1_LATENCY_S)
+    row_ids = [row["id"] for row in rows]
+    if s3 is not None:
+        env = batch_env(home, emulator.url, s3=access, api_url=api_url)
+    else:
+        env = batch_env(home, emulator.url, input_roots=[work], api_url=api_url)
     command = batch_command(manifest, output, max_concurrency=MAX_CONCURRENCY, queue=queue)
 
     kill = run_and_kill(
@@ -131,7 +147,8 @@ def crash_then_resume(
     # Mid-batch: some rows done, not all.
     assert KILL_WHEN_BILLED <= kill.billed < ROWS
     assert 2 <= len(stored) < ROWS, (kill, sorted(stored))
-    assert at_kill.temporaries == []  # S3 writes are single PUTs: no partial object
+    if s3 is not None:
+        assert at_kill.temporaries == []  # S3 writes are single PUTs: no partial object
 
     code, text, _ = run_to_end(command, env, log=tmp_path / "rerun.log")
     assert code == 0, text[-4000:]
@@ -165,6 +182,7 @@ def crash_then_resume(
     assert final.pending == {}
     assert final.set_aside == []
     assert final.strays == []
+    assert final.temporaries == []  # a killed local writer's .part file was removed
     return Crash(kill, at_kill, records_at_kill, final, stats)
 
 
@@ -201,6 +219,27 @@ def test_a_killed_batch_on_s3_resumes_paying_only_for_rows_not_stored(
         if not item["Key"].startswith(("inputs/", "out/"))
     ]
     assert outside == ["manifest.jsonl"]
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_batch_in_a_local_folder_resumes_with_nothing_half_written(
+    prefect_harness: None, start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # Local writes go to a hidden .part file renamed into place: a kill leaves at
+    # most a .part or an image without its sidecar, and the re-run cleans up both.
+    crash = crash_then_resume(start_emulator, tmp_path, None, queue=False)
+    kill, stored = crash.kill, crash.at_kill.stored()
+
+    lost = kill.billed_settled - len(stored)
+    assert 0 <= lost <= TASK_RUNS_PER_CALL * MAX_CONCURRENCY, (kill, sorted(stored))
+    assert crash.stats["billed"] - kill.billed_settled == ROWS - len(stored)
+    assert crash.stats["billed"] == ROWS + lost
+    # Inputs and manifest untouched; nothing outside out/ but them.
+    work = tmp_path / "work"
+    assert sorted(p.name for p in (work / "inputs").iterdir()) == [
+        f"photo-{i}.png" for i in range(6)
+    ]
+    assert sorted(p.name for p in work.iterdir()) == ["inputs", "manifest.jsonl", "out"]
 
 
 @pytest.mark.timeout(240)
