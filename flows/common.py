@@ -8,9 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, get_run_logger
+from prefect import Task, get_client, get_run_logger
 from prefect.blocks.core import Block
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -80,10 +80,33 @@ def refuse_inline_blocks(**blocks: Block | None) -> None:
         if block is not None and block._block_document_id is None
     )
     if inline:
+        _mask_stored_parameters(context.flow_run, {name: blocks[name] for name in inline})
         raise InlineBlockError(
             f"{', '.join(inline)}: a deployment's run takes saved blocks only (pick one in "
             "the run form, or pass {'$ref': {'block_document_id': ...}}); fields given "
             "inline could send the worker's key or credentials elsewhere. Nothing was run"
+        )
+
+
+def _mask_stored_parameters(run: FlowRun, inline: dict[str, Block | None]) -> None:
+    """Store the run's inline blocks with their secrets masked, in place of what was typed.
+
+    The server stored the parameters as given when the run was created: a key
+    typed into the form's inline fields would stay readable in the run's
+    parameters. Best effort: a failure is logged, and the run is refused anyway.
+    """
+    masked = dict(run.parameters)
+    for name, block in inline.items():
+        if block is not None:
+            masked[name] = block.model_dump(mode="json", exclude_unset=True)  # SecretStr: ***
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, parameters=masked)
+    except Exception as exc:  # refusing the run matters more
+        get_run_logger().warning(
+            "could not mask the inline %s in this run's stored parameters (%s)",
+            ", ".join(inline),
+            type(exc).__name__,
         )
 
 

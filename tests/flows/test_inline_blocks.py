@@ -9,6 +9,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,32 @@ def test_unsaved_blocks_outside_a_deployment_are_the_callers_own(
 
     assert state.is_completed(), state
     assert emulator.stats()["billed"] == 1
+
+
+def test_a_key_typed_inline_is_masked_in_the_runs_stored_parameters(
+    runs: DeploymentRuns, elsewhere: SegmindEmulator
+) -> None:
+    canary = "sk-INLINE-CANARY-0123456789"
+    secret = "aws-INLINE-SECRET-CANARY-9876"  # noqa: S105 - a canary
+    state = runs.run(
+        edit_image,
+        {
+            **ONE_IMAGE,
+            "credentials": {"api_key": canary, "base_url": elsewhere.url},
+            "storage": {"base_url": "s3://outputs/x", "aws_secret_access_key": secret},
+        },
+    )
+
+    _failure(state)
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    stored = runs.client.read_flow_run(flow_run_id).parameters
+    text = json.dumps(stored)
+    assert canary not in text
+    assert secret not in text
+    assert stored["credentials"]["api_key"] == "**********"
+    assert stored["credentials"]["base_url"] == elsewhere.url
+    assert stored["storage"]["aws_secret_access_key"] == "**********"  # noqa: S105
+    assert stored["prompt"] == ONE_IMAGE["prompt"]
+    assert elsewhere.stats()["requests"] == 0
+
