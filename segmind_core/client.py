@@ -406,7 +406,10 @@ class SegmindClient:
     # The v2 queue --------------------------------------------------------
 
     def _key_header(self) -> dict[str, str]:
-        return {"x-api-key": self._api_key.get_secret_value()}
+        return {"x-api-key": self._api_key_text()}
+
+    def _api_key_text(self) -> str:
+        return self._api_key.get_secret_value()
 
     def _transport_error(self, exc: httpx.HTTPError, what: str) -> NetworkError:
         if isinstance(exc, httpx.TimeoutException):
@@ -489,12 +492,13 @@ class SegmindClient:
             raise self._gone(endpoint, queued)
         if response.status_code == 422 and body is not None and body.get("status") == "FAILED":
             error = body.get("error")
+            said = _redacted(None if error is None else str(error), self._api_key_text())
             raise RequestRejectedError(
                 f"Segmind's queue reports request {queued.request_id} FAILED"
-                + (f": {str(error)[:_DETAIL_CHARS]}" if error else "")
+                + (f": {said}" if said else "")
                 + ". Fix the request; a failed request is not charged.",
                 status=422,
-                detail=None if error is None else str(error)[:_DETAIL_CHARS],
+                detail=said,
                 slug=endpoint.slug,
             )
         if response.status_code != 200:
@@ -661,7 +665,7 @@ class SegmindClient:
     def _error_for(self, endpoint: Endpoint, response: httpx.Response) -> SegmindError:
         """The typed error for a non-200 answer, with a message that says what to do."""
         status, slug = response.status_code, endpoint.slug
-        detail = _redacted(_detail(response), self._api_key.get_secret_value())
+        detail = _redacted(_detail(response), self._api_key_text())
         said = f": {detail}" if detail else ""
         common: dict[str, Any] = {"status": status, "detail": detail, "slug": slug}
         if status == 401:
@@ -744,10 +748,9 @@ def _detail(response: httpx.Response) -> str | None:
     try:
         body = response.json()
     except ValueError:
-        text = response.text.strip()
-        return text[:_DETAIL_CHARS] or None
+        return response.text.strip() or None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])[:_DETAIL_CHARS]
+        return str(body["error"])
     return None
 
 
@@ -755,7 +758,7 @@ _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 
 
 def _redacted(detail: str | None, api_key: str) -> str | None:
-    """The service's words for messages: never the key, nor a URL's query or user info.
+    """The service's words for messages: no key, no URL query or user info; 300 chars.
 
     An error body may echo the key (a proxy's error page, a misconfigured gateway) or
     an input's presigned URL, whose signature is a credential for that object.
@@ -764,7 +767,9 @@ def _redacted(detail: str | None, api_key: str) -> str | None:
         return None
     if api_key:
         detail = detail.replace(api_key, "[API key]")
-    return _URL.sub(lambda match: display_url(match.group(0)), detail)
+    detail = _URL.sub(lambda match: display_url(match.group(0)), detail)
+    # Cut after redacting: a key cut in two would no longer be found.
+    return detail[:_DETAIL_CHARS]
 
 
 def _decimal(value: str | None) -> Decimal | None:

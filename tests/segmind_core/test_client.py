@@ -940,16 +940,34 @@ PRESIGNED = (
 class _EchoingGateway(BaseHTTPRequestHandler):
     """A gateway that answers with the request's key and an input's URL in its body."""
 
+    def do_GET(self) -> None:
+        # The queue: the request FAILED, and the service's error text names the key.
+        key = self.headers.get("x-api-key", "")
+        error = f"could not fetch {PRESIGNED} with key {key}"
+        self._answer(422, json.dumps({"status": "FAILED", "error": error}), "application/json")
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        status = {"/v1/p-image-edit": 401, "/v1/flux-kontext-pro": 502}.get(self.path, 404)
         key = self.headers.get("x-api-key", "")
+        if self.path.startswith("/v2/"):
+            self._answer(
+                200, json.dumps({"request_id": "r-1", "status": "QUEUED"}), "application/json"
+            )
+            return
+        if self.path == "/v1/multi-image-kontext-pro":
+            # The key straddles the 300th character of the message's detail.
+            self._answer(400, "x" * 280 + key + " and more", "text/plain")
+            return
+        status = {"/v1/p-image-edit": 401, "/v1/flux-kontext-pro": 502}.get(self.path, 404)
         if status == 401:
             body = json.dumps({"error": f"Invalid API key '{key}'; could not fetch {PRESIGNED}"})
             content_type = "application/json"
         else:
             body = f"<html>Bad gateway. x-api-key: {key} url={PRESIGNED}</html>"
             content_type = "text/html"
+        self._answer(status, body, content_type)
+
+    def _answer(self, status: int, body: str, content_type: str) -> None:
         data = body.encode()
         self.send_response(status)
         self.send_header("content-type", content_type)
@@ -961,9 +979,16 @@ class _EchoingGateway(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("slug", ["p-image-edit", "flux-kontext-pro"])
-def test_an_error_body_that_echoes_the_key_or_a_presigned_url_is_redacted(
-    slug: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("slug", "queue", "status"),
+    [
+        ("p-image-edit", False, 401),
+        ("flux-kontext-pro", False, 502),
+        ("p-image-edit", True, 422),  # the queue's FAILED text
+    ],
+)
+def test_an_error_that_echoes_the_key_or_a_presigned_url_is_redacted(
+    slug: str, queue: bool, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     params: dict[str, Any] = {"prompt": "x", "seed": 1}
@@ -971,15 +996,39 @@ def test_an_error_body_that_echoes_the_key_or_a_presigned_url_is_redacted(
         params["image_urls"] = ["https://example.invalid/a.png"]
     with serving(_EchoingGateway) as url:
         client = SegmindClient(
-            ECHOED_KEY, base_url=url, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01)
+            ECHOED_KEY,
+            base_url=url,
+            queue=queue,
+            poll_interval_s=0.01,
+            retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01),
         )
         with client, pytest.raises(SegmindError) as caught:
             client.generate(slug, params)
 
     error = caught.value
     seen = "\n".join([str(error), repr(error), str(error.detail), caplog.text])
-    assert error.status == (401 if slug == "p-image-edit" else 502)
+    assert error.status == status
     assert "[API key]" in str(error)
     assert "https://inputs.s3.amazonaws.com/photo.png?..." in str(error)
     for secret in (ECHOED_KEY, "ECHOSIGNATURE123", "AKIAECHO"):
         assert secret not in seen
+
+
+def test_a_key_at_the_cut_of_a_long_error_text_is_redacted_whole() -> None:
+    with serving(_EchoingGateway) as url:
+        client = SegmindClient(ECHOED_KEY, base_url=url, retry=RetryPolicy(max_attempts=1))
+        with client, pytest.raises(SegmindError) as caught:
+            client.generate(
+                "multi-image-kontext-pro",
+                {
+                    "prompt": "x",
+                    "seed": 1,
+                    "input_image_1": "https://e.invalid/1.png",
+                    "input_image_2": "https://e.invalid/2.png",
+                },
+            )
+
+    message = str(caught.value)
+    assert caught.value.status == 400
+    assert "x" * 280 + "[API key]" in message
+    assert ECHOED_KEY[:12] not in message
