@@ -101,7 +101,7 @@ def _check_image_bytes(field: str, data: bytes, origin: str) -> str:
                     # Pillow decodes a progressive JPEG with a buffer of every
                     # coefficient (hundreds of MiB for 64 MP, draft mode or not):
                     # check its markers instead.
-                    if not _jpeg_ends_after_its_last_scan(data):
+                    if not _jpeg_is_complete(data):
                         raise ValueError("truncated")
                 elif fmt in ("JPEG", "MPO"):
                     # verify() does not notice a JPEG cut short; decoding at 1/8 scale
@@ -133,15 +133,51 @@ def _is_progressive(image: Image.Image) -> bool:
     return bool(image.info.get("progressive") or image.info.get("progression"))
 
 
-def _jpeg_ends_after_its_last_scan(data: bytes) -> bool:
-    """Whether an end-of-image marker follows the last start-of-scan marker.
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Whether the JPEG's segments run whole from its start to its end-of-image marker.
 
-    Entropy-coded data never holds ``FF D9`` or ``FF DA`` (an ``FF`` there is
-    stuffed with ``00``), so a JPEG cut anywhere in or after its scans has no
-    end marker after its last scan. An embedded thumbnail ends before the scans.
+    Segments are skipped by their lengths, and each scan's entropy-coded data up to
+    the next marker (an ``FF`` there is followed by ``00``, a restart marker or
+    fill). Bytes after the end marker (a motion photo's video, appended metadata)
+    are not looked at.
     """
-    last_scan = data.rfind(b"\xff\xda")
-    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan + 2) >= 0
+    size = len(data)
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    position = 2
+    while True:
+        if position >= size or data[position] != 0xFF:
+            return False
+        while position < size and data[position] == 0xFF:  # fill bytes before a marker
+            position += 1
+        if position >= size:
+            return False
+        marker = data[position]
+        position += 1
+        if marker == 0xD9:  # end of image
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length follows
+            continue
+        if position + 2 > size:
+            return False
+        length = (data[position] << 8) | data[position + 1]
+        if length < 2:
+            return False
+        position += length
+        if position > size:
+            return False
+        if marker == 0xDA:  # start of scan: skip its entropy-coded data
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= size:
+                    return False
+                following = data[position + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    position += 2
+                elif following == 0xFF:
+                    position += 1
+                else:
+                    break
 
 
 def _gif_is_complete(data: bytes) -> bool:

@@ -263,6 +263,16 @@ def test_a_progressive_jpeg_is_checked_from_its_markers_without_decoding(
     assert decoded == []
 
 
+@pytest.mark.parametrize("progressive", [True, False])
+def test_a_jpeg_with_bytes_after_its_end_is_accepted(progressive: bool) -> None:
+    # A motion photo carries its video after the picture; such bytes may hold
+    # anything, markers included.
+    data = _encoded(_noise(), "JPEG", progressive=progressive)
+    trailer = b"\x00ftypmp42" + b"\xff\xda\x00\x08" * 50 + bytes(range(256)) * 40
+
+    assert to_image_ref(data + trailer, field="input_image").startswith("data:image/jpeg;")
+
+
 def test_a_jpeg_with_more_pictures_mpo_is_a_jpeg() -> None:
     # Phone photos carry a depth or gain map as a second picture: Pillow reads MPO.
     data = _encoded(_noise(), "MPO", save_all=True, append_images=[_noise()])
