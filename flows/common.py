@@ -77,13 +77,19 @@ def refuse_inline_blocks(**blocks: Block | None) -> None:
     inline = sorted(
         name
         for name, block in blocks.items()
-        if block is not None and block._block_document_id is None
+        if block is not None
+        and (
+            block._block_document_id is None
+            # Saved without a name through the API: as good as inline.
+            or block._is_anonymous
+            or not block._block_document_name
+        )
     )
     if inline:
         _mask_stored_parameters(context.flow_run, {name: blocks[name] for name in inline})
         raise InlineBlockError(
-            f"{', '.join(inline)}: a deployment's run takes saved blocks only (pick one in "
-            "the run form, or pass {'$ref': {'block_document_id': ...}}); fields given "
+            f"{', '.join(inline)}: a deployment's run takes saved, named blocks only (pick "
+            "one in the run form, or pass {'$ref': {'block_document_id': ...}}); fields given "
             "inline could send the worker's key or credentials elsewhere. Nothing was run"
         )
 

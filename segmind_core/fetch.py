@@ -274,10 +274,16 @@ class InputPolicy:
         scheme, location = _store_location(url)
         if ".." in location.split("/"):
             raise FetchRefusedError(f"{display_url(url)} has a '..' segment")
+        if "?" in url or "#" in url:
+            # The check would read the key up to them; the filesystem reads them as key.
+            raise FetchRefusedError(f"{display_url(url)} has '?' or '#' in its key")
         bucket = location.split("/", 1)[0]
         own_bucket = (store_root or "").strip("/").split("/", 1)[0]
-        if scheme == store_protocol and bucket and bucket == own_bucket:
-            return
+        if store_protocol is not None and _same_store_scheme(scheme, store_protocol):
+            if not own_bucket and store_protocol != "file":
+                return  # the store is a whole filesystem (memory://): the operator's own
+            if bucket and bucket == own_bucket:
+                return
         for allowed in self.store_locations:
             allowed_scheme, allowed_location = _store_location(allowed)
             if _same_store_scheme(scheme, allowed_scheme) and (
@@ -373,7 +379,8 @@ def _refuse_ambiguous(url: str, netloc: str) -> None:
     elif "@" in netloc:
         problem = "has user info (user@host)"
     elif any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
-        problem = "contains whitespace or control characters"
+        where = next(i for i, char in enumerate(url) if ord(char) <= 0x20 or ord(char) == 0x7F)
+        problem = f"contains whitespace or a control character (at character {where + 1})"
     else:
         return
     raise FetchRefusedError(
@@ -440,7 +447,8 @@ def _proxy_for(url: str) -> str | None:
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+    # host:port, so that NO_PROXY entries with a port can match.
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
         return None
     return proxy
 

@@ -146,7 +146,7 @@ def test_inline_credentials_naming_another_server_are_refused_before_any_call(
     )
 
     error = _failure(state)
-    assert str(error).startswith("credentials: a deployment's run takes saved blocks only")
+    assert str(error).startswith("credentials: a deployment's run takes saved, named blocks")
     assert "Nothing was run" in str(error)
     assert elsewhere.stats()["requests"] == 0
     assert not list(tmp_path.iterdir())
@@ -158,7 +158,7 @@ def test_inline_storage_is_refused_before_anything_is_read_or_written(
     state = runs.run(edit_image, {**ONE_IMAGE, "storage": {"base_url": str(tmp_path)}})
 
     error = _failure(state)
-    assert str(error).startswith("storage: a deployment's run takes saved blocks only")
+    assert str(error).startswith("storage: a deployment's run takes saved, named blocks")
     assert not list(tmp_path.iterdir())
 
 
@@ -238,3 +238,19 @@ def test_a_key_typed_inline_is_masked_in_the_runs_stored_parameters(
     assert stored["prompt"] == ONE_IMAGE["prompt"]
     assert elsewhere.stats()["requests"] == 0
 
+
+def test_an_anonymous_block_saved_through_the_api_counts_as_inline(
+    runs: DeploymentRuns, tmp_path: Path
+) -> None:
+    # Anyone who may trigger a run may also save a block document without a name,
+    # then pass a reference to it.
+    private = tmp_path / "private"
+    private.mkdir()
+    block_id = ObjectStorage(base_url=str(private))._save_sync(is_anonymous=True)
+
+    state = runs.run(
+        edit_image, {**ONE_IMAGE, "storage": {"$ref": {"block_document_id": str(block_id)}}}
+    )
+
+    assert str(_failure(state)).startswith("storage: a deployment's run takes saved, named")
+    assert not list(private.iterdir())

@@ -528,9 +528,18 @@ def test_addresses_needs_an_http_url_with_a_host(url: str) -> None:
         ("http://public.example\\.127.0.0.1/cat.png", "contains a backslash"),
         ("http://user@public.example/cat.png", "has user info (user@host)"),
         ("https://user:pw@public.example/cat.png", "has user info (user@host)"),
-        ("http://public.example/a cat.png", "contains whitespace or control characters"),
-        ("http://public.example/cat.png\t", "contains whitespace or control characters"),
-        ("http://public.example/\x00cat.png", "contains whitespace or control characters"),
+        (
+            "http://public.example/a cat.png",
+            "contains whitespace or a control character (at character 24)",
+        ),
+        (
+            "http://public.example/cat.png\t",
+            "contains whitespace or a control character (at character 30)",
+        ),
+        (
+            "http://public.example/\x00cat.png",
+            "contains whitespace or a control character (at character 23)",
+        ),
     ],
 )
 def test_urls_parsers_read_differently_are_refused_before_any_lookup(
@@ -559,11 +568,19 @@ STORE_POLICY = InputPolicy(store_locations=("s3://catalogue/photos", "gs://share
         "s3://catalogue/photos/c.png",  # a configured location
         "s3://catalogue/photos/2026/d.png",
         "s3a://catalogue/photos/e.png",  # s3a names the same buckets
+        "s3a://outputs/g.png",
         "gs://shared/f.png",
     ],
 )
 def test_storage_urls_in_the_output_bucket_or_a_configured_location_pass(url: str) -> None:
     STORE_POLICY.check_store_url(url, "s3", "outputs/runs")
+
+
+def test_a_store_that_is_a_whole_filesystem_reads_its_own_urls() -> None:
+    # memory:// with no root: the flows' own intermediate images are inputs.
+    STORE_POLICY.check_store_url("memory://edit-image/2026-01-01/bg.png", "memory", "")
+    with pytest.raises(FetchRefusedError, match="is outside the storage"):
+        STORE_POLICY.check_store_url("s3://outputs/a.png", "file", "")
 
 
 @pytest.mark.parametrize(
@@ -577,6 +594,8 @@ def test_storage_urls_in_the_output_bucket_or_a_configured_location_pass(url: st
         ("memory://outputs/a.png", "s3", "outputs", "is outside the storage"),
         ("s3://outputs/../hr-private/a.png", "s3", "outputs", "has a '..' segment"),
         ("s3://catalogue/photos/../../hr/a.png", "s3", "outputs", "has a '..' segment"),
+        ("s3://catalogue/photos#/../../hr/a.png", "s3", "outputs", "has '?' or '#' in its key"),
+        ("s3://catalogue/photos/a.png?x=/../..", "s3", "outputs", "has '?' or '#' in its key"),
     ],
 )
 def test_storage_urls_elsewhere_are_refused_naming_what_is_allowed(
@@ -586,7 +605,7 @@ def test_storage_urls_elsewhere_are_refused_naming_what_is_allowed(
     with pytest.raises(FetchRefusedError) as refused:
         STORE_POLICY.check_store_url(url, store_protocol, store_root)
     message = str(refused.value)
-    assert message.startswith(f"{url} {expected}")
+    assert message.startswith(f"{display_url(url)} {expected}")
     if expected.startswith("is outside"):
         assert "s3://catalogue/photos, gs://shared); set SEGMIND_INPUT_BUCKETS" in message
 
@@ -1293,44 +1312,39 @@ def test_through_a_proxy_the_proxy_is_asked_by_name_after_the_check(
 
 
 @pytest.mark.parametrize(
-    "no_proxy", ["example.test:8443", ".example.test:8443", "other.example.test"]
+    ("no_proxy", "via"),
+    [
+        ("example.test:{port}", "direct"),
+        (".example.test:{port}", "direct"),
+        ("images.example.test", "direct"),
+        ("example.test:1", "proxy"),
+        ("other.example.test", "proxy"),
+    ],
 )
-def test_a_url_the_rules_send_through_the_proxy_goes_to_that_proxy_only(
-    no_proxy: str, monkeypatch: pytest.MonkeyPatch, network_guard: NetworkGuard
+def test_the_proxy_rules_send_a_url_to_the_proxy_or_pin_it_never_resolve_it_again(
+    no_proxy: str, via: str, monkeypatch: pytest.MonkeyPatch, network_guard: NetworkGuard
 ) -> None:
-    # NO_PROXY entries with a port are read differently by urllib and httpx: one
+    # NO_PROXY entries with a port were read differently by urllib and httpx: one
     # said "proxy", the other connected straight to the name, resolving it again
-    # (a rebinding DNS could then answer an address that was never checked).
-    url = "http://images.example.test:8443/cat.png"
-    with scripted_server({url: send(200, PNG)}) as proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        monkeypatch.setenv("NO_PROXY", no_proxy)
-        monkeypatch.delenv("no_proxy", raising=False)
-        resolver = StubResolver({"images.example.test": ["127.0.0.1"]})
-
-        data = fetch_http(url, loopback_policy(resolver=resolver))
-
-        assert data == PNG
-        assert proxy.requests == [(url, "images.example.test:8443")]
-    assert network_guard.refused == []
-
-
-def test_a_url_the_rules_exempt_from_the_proxy_is_pinned_to_its_checked_address(
-    monkeypatch: pytest.MonkeyPatch, network_guard: NetworkGuard
-) -> None:
-    with (
-        scripted_server({}) as proxy,
-        scripted_server({"/cat.png": send(200, PNG)}) as server,
-    ):
-        monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        monkeypatch.setenv("NO_PROXY", "images.example.test")
-        monkeypatch.delenv("no_proxy", raising=False)
-        resolver = StubResolver({"images.example.test": ["127.0.0.1"]})
-
+    # (a rebinding DNS could then answer an address that was never checked). Now a
+    # URL goes to the proxy, or to its checked address, and entries with a port
+    # match URLs with that port.
+    with scripted_server({"/cat.png": send(200, PNG)}) as server:
         url = f"http://images.example.test:{server.port}/cat.png"
-        data = fetch_http(url, loopback_policy(resolver=resolver))
+        with scripted_server({url: send(200, PNG)}) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", no_proxy.format(port=server.port))
+            monkeypatch.delenv("no_proxy", raising=False)
+            resolver = StubResolver({"images.example.test": ["127.0.0.1"]})
 
-        assert data == PNG
-        assert proxy.requests == []
-        assert server.requests == [("/cat.png", f"images.example.test:{server.port}")]
+            data = fetch_http(url, loopback_policy(resolver=resolver))
+
+            assert data == PNG
+            host = f"images.example.test:{server.port}"
+            if via == "proxy":
+                assert proxy.requests == [(url, host)]
+                assert server.requests == []
+            else:
+                assert proxy.requests == []
+                assert server.requests == [("/cat.png", host)]
     assert network_guard.refused == []
