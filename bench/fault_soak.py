@@ -472,8 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             region_name="us-east-1",
             **access,
         )
-        # As the command: the key from the environment, never a flow parameter.
+        # As the command: the key and server from the environment, never a flow
+        # parameter (the environment's key goes only to the environment's server).
         os.environ["SEGMIND_API_KEY"] = KEY
+        os.environ["SEGMIND_BASE_URL"] = emulator.url
         credentials = SegmindCredentials(
             base_url=emulator.url,
             read_timeout_s=args.read_timeout,
