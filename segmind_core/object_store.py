@@ -11,6 +11,8 @@ import contextlib
 import glob
 import os
 import posixpath
+import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ __all__ = ["STALE_PART_S", "ObjectStore"]
 _PART_SUFFIX = ".part"
 STALE_PART_S = 10.0
 """Seconds since its last change after which a temporary file of a local write is a
-killed writer's leftover: a live writer renames its own milliseconds after writing it."""
+killed writer's leftover: a live writer renames its own milliseconds after writing it.
+Sooner when its writer (named in the file) is known to be dead."""
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
 @dataclass
@@ -86,7 +90,9 @@ class ObjectStore:
         if self.protocol == "file":
             self.fs.makedirs(parent, exist_ok=True)
             name = posixpath.basename(path)
-            temporary = f"{parent}/.{name}.{uuid.uuid4().hex}{_PART_SUFFIX}"
+            # The writer is named (host, process), so a leftover of a dead one can go.
+            writer = f"{_HOST}.{os.getpid()}"
+            temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.{writer}{_PART_SUFFIX}"
             self.fs.pipe_file(temporary, data)
             self.fs.mv(temporary, path)
             self._remove_stale_parts(parent, name)
@@ -95,11 +101,17 @@ class ObjectStore:
         return self.url(key)
 
     def _remove_stale_parts(self, parent: str, name: str) -> None:
-        """Remove ``.{name}.*.part`` files older than `STALE_PART_S` (a killed writer's)."""
+        """Remove ``.{name}.*.part`` files of killed writers.
+
+        A file is a leftover when its writer was a process of this host that is
+        gone, or when it is older than `STALE_PART_S` (a writer elsewhere).
+        """
         cutoff = time.time() - STALE_PART_S
-        for leftover in glob.glob(f"{glob.escape(parent)}/.{glob.escape(name)}.*{_PART_SUFFIX}"):
+        prefix = f"{parent}/.{name}."
+        for leftover in glob.glob(f"{glob.escape(prefix)}*{_PART_SUFFIX}"):
             with contextlib.suppress(OSError):  # another process removed it first
-                if os.path.getmtime(leftover) < cutoff:
+                writer = leftover[len(prefix) : -len(_PART_SUFFIX)].split(".")[1:]
+                if _dead_here(writer) or os.path.getmtime(leftover) < cutoff:
                     os.remove(leftover)
 
     def read(self, key: str) -> bytes:
@@ -136,3 +148,16 @@ class ObjectStore:
             return None
         presigned: str = self.fs.url(url, expires=self.presign_expiry_s)
         return presigned
+
+
+def _dead_here(writer: list[str]) -> bool:
+    """Whether ``[host, pid]`` names a process of this host that no longer runs."""
+    if len(writer) != 2 or writer[0] != _HOST or not writer[1].isdigit():
+        return False
+    try:
+        os.kill(int(writer[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False

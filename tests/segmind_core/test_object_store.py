@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from fsspec.core import url_to_fs
 
+from segmind_core import object_store
 from segmind_core.object_store import STALE_PART_S, ObjectStore
 from tests.conftest import S3Server
 
@@ -433,6 +436,36 @@ def test_presigned_url_for_is_none_off_s3(tmp_path: Path, memory_url: str) -> No
     assert local.presigned_url_for(f"file://{local_url}") is None
     assert memory.presigned_url_for(memory_url_of_a) is None
     assert memory.presigned_url_for("s3://outputs/prefix/a.png") is None
+
+
+def test_a_local_write_removes_at_once_a_leftover_whose_writer_here_is_gone(
+    tmp_path: Path,
+) -> None:
+    # A batch killed and run again within seconds: the killed process's temporary
+    # file names it, and it no longer runs.
+    store = ObjectStore.from_url(str(tmp_path))
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(ended.stdout)
+    host = object_store._HOST
+    dead = folder / f".row-1.png.0123abcd.{host}.{dead_pid}.part"
+    live = folder / f".row-1.png.4567cdef.{host}.{os.getpid()}.part"  # renamed any moment
+    elsewhere = folder / f".row-1.png.89abcdef.other-host.{dead_pid}.part"
+    for leftover in (dead, live, elsewhere):
+        leftover.write_bytes(b"half an image")
+
+    store.write("batch/row-1.png", b"the whole image")
+
+    assert (folder / "row-1.png").read_bytes() == b"the whole image"
+    assert not dead.exists()
+    assert live.exists()
+    assert elsewhere.exists()  # another host's process: only once it is old
 
 
 def test_a_local_write_removes_a_killed_writers_leftovers_of_that_key_only(
