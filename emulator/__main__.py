@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fetch input URLs on hosts other than loopback",
     )
+    parser.add_argument(
+        "--bill-cut-answers",
+        action="store_true",
+        help="bill a generation whose answer a 'truncate' fault cut short, as the service would",
+    )
+    parser.add_argument(
+        "--queue-read-faults",
+        action="store_true",
+        help="draw faults for v2 status polls, result reads and output downloads too",
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level on stderr")
     return parser
 
@@ -123,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_hold_s=args.timeout_hold,
             result_ttl_s=args.result_ttl,
             allow_remote_inputs=args.allow_remote_inputs,
+            bill_cut_answers=args.bill_cut_answers,
+            queue_read_faults=args.queue_read_faults,
         )
     except ValidationError as exc:
         problems = "; ".join(

@@ -18,7 +18,8 @@ class FaultKind(StrEnum):
     error. ``reset`` drops the connection with a TCP reset after reading the
     request. ``truncate`` sends a 200 whose body stops halfway. ``timeout``
     reads the request and then never answers, until the client gives up.
-    None of them is billed.
+    None of them is billed, unless ``bill_cut_answers`` bills the generations
+    that ``truncate`` cut short.
     """
 
     RATE_LIMITED = "429"
@@ -83,6 +84,12 @@ class EmulatorConfig(BaseModel):
         faults: Probability of each injected fault per generation request.
         fault_seed: Seed for the fault and jitter draws, for repeatable runs.
         timeout_hold_s: Longest a ``timeout`` fault keeps a connection open unanswered.
+        bill_cut_answers: Bill a generation whose answer a ``truncate`` fault cut short
+            (a v1 answer, or a v2 submission whose job then runs), as the service
+            would: the image was made. Off by default: no fault is billed.
+        queue_read_faults: Draw faults for v2 status polls, result reads and output
+            downloads too (counted as ``"<kind> on read"``); by default only
+            generation requests meet faults.
         result_ttl_s: How long v2 results and their output images stay available.
         allow_remote_inputs: Fetch input URLs on hosts other than loopback.
         max_input_bytes: Largest input image accepted, fetched or inline.
@@ -103,6 +110,8 @@ class EmulatorConfig(BaseModel):
     faults: FaultRates = Field(default_factory=dict)
     fault_seed: int | None = None
     timeout_hold_s: Annotated[float, Field(gt=0)] = 300.0
+    bill_cut_answers: bool = False
+    queue_read_faults: bool = False
     result_ttl_s: Annotated[float, Field(gt=0)] = 3600.0
     allow_remote_inputs: bool = False
     max_input_bytes: Annotated[int, Field(ge=1)] = 20 * 1024 * 1024

@@ -304,21 +304,26 @@ class _Handler(BaseHTTPRequestHandler):
         seconds = self.emu.faults.retry_after()
         return {} if seconds is None else {"Retry-After": str(seconds)}
 
-    def _inject(self, fault: FaultKind) -> None:
+    def _inject(self, fault: FaultKind, label: str | None = None) -> None:
         """Carry out every fault that happens before the request is processed."""
-        self.emu.state.count_fault(fault.value)
+        self.emu.state.count_fault(label or fault.value)
         if fault in _ERROR_TEXT:
             status, message = _ERROR_TEXT[fault]
             headers = self._retry_after() if status == 429 else {}
             raise _Refused(status, message, headers)
         if fault is FaultKind.RESET:
-            self.emu.state.count_outcome(fault.value)
+            self._count_outcome(fault.value)
             self._abort_with_reset()
             raise _Answered
         if fault is FaultKind.TIMEOUT:
-            self.emu.state.count_outcome(fault.value)
+            self._count_outcome(fault.value)
             self._hold_unanswered()
             raise _Answered
+
+    def _count_outcome(self, outcome: str) -> None:
+        """Count how a generation request was answered (reads are not counted)."""
+        if self._generation:
+            self.emu.state.count_outcome(outcome)
 
     def _abort_with_reset(self) -> None:
         self.close_connection = True
@@ -347,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: bytes, content_type: str, headers: dict[str, str]
     ) -> None:
         """Announce the whole body, send half of it, and close the connection."""
-        self.emu.state.count_outcome(FaultKind.TRUNCATE.value)
+        self._count_outcome(FaultKind.TRUNCATE.value)
         self._generation = False  # counted above, as the fault
         self.close_connection = True
         self.send_response(status)
@@ -419,7 +424,11 @@ class _Handler(BaseHTTPRequestHandler):
         }
         content_type = generation.output_format.content_type
         if fault is FaultKind.TRUNCATE:
-            engine.release(endpoint)
+            # Made, then cut on the way: billed only when the service is said to bill it.
+            if self.emu.config.bill_cut_answers:
+                engine.charge(endpoint)
+            else:
+                engine.release(endpoint)
             self.emu.state.count_fault(fault.value)
             headers["x-remaining-credits"] = _money(self.emu.state.credits_remaining)
             return functools.partial(
@@ -439,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refused as refused:
             self._send_error(refused.status, refused.message, refused.headers)
             return
-        if fault is FaultKind.TRUNCATE:
+        if fault is FaultKind.TRUNCATE and not self.emu.config.bill_cut_answers:
             # Cut off before any job exists: the caller cannot know an id, so none is made.
             self.emu.state.count_fault(fault.value)
             body = json.dumps({"request_id": str(uuid.uuid4()), "status": "QUEUED"}).encode()
@@ -449,15 +458,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.emu.engine.reserve(endpoint)
         job = self.emu.jobs.submit(endpoint, payload, self._base_url())
         base = f"{job.base_url}/v2/requests/{job.request_id}"
-        self._send_json(
-            200,
-            {
-                "request_id": job.request_id,
-                "status": JobStatus.QUEUED.value,
-                "status_url": f"{base}/status",
-                "response_url": base,
-            },
-        )
+        answer = {
+            "request_id": job.request_id,
+            "status": JobStatus.QUEUED.value,
+            "status_url": f"{base}/status",
+            "response_url": base,
+        }
+        if fault is FaultKind.TRUNCATE:
+            # The job runs (and is billed), but the caller never learns its id.
+            self.emu.state.count_fault(fault.value)
+            self._send_truncated(200, json.dumps(answer).encode(), "application/json", {})
+            return
+        self._send_json(200, answer)
+
+    def _read_fault(self) -> FaultKind | None:
+        """With ``queue_read_faults``: a fault for this free read, carried out unless a cut."""
+        if not self.emu.config.queue_read_faults:
+            return None
+        fault = self.emu.faults.draw()
+        if fault is not None and fault is not FaultKind.TRUNCATE:
+            try:
+                self._inject(fault, f"{fault.value} on read")
+            except _Refused as refused:
+                self._send_error(refused.status, refused.message, refused.headers)
+                raise _Answered from None
+        if fault is FaultKind.TRUNCATE:
+            self.emu.state.count_fault(f"{fault.value} on read")
+        return fault
 
     def _job_or_404(self, request_id: str) -> Any:
         self._authenticate()
@@ -475,6 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _v2_answer(self, request_id: str, *, with_output: bool) -> None:
         """The job's state; a FAILED job is answered with 422, as by the service."""
         job = self._job_or_404(request_id)
+        fault = self._read_fault()
         body: dict[str, Any] = {"request_id": job.request_id, "status": job.status.value}
         if job.status is JobStatus.FAILED:
             body |= {"error": job.error, "metrics": job.metrics()}
@@ -484,6 +512,9 @@ class _Handler(BaseHTTPRequestHandler):
             if with_output:
                 body["output"] = job.output_url
             body["metrics"] = job.metrics()
+        if fault is FaultKind.TRUNCATE:
+            self._send_truncated(200, json.dumps(body).encode(), "application/json", {})
+            return
         self._send_json(200, body)
 
     def _output(self, filename: str) -> None:
@@ -496,6 +527,9 @@ class _Handler(BaseHTTPRequestHandler):
             or job.output_format.value != extension
         ):
             raise ApiError(404, f"Not Found: /outputs/{filename}")
+        if self._read_fault() is FaultKind.TRUNCATE:
+            self._send_truncated(200, job.image, job.output_format.content_type, {})
+            return
         self._send(200, job.image, job.output_format.content_type)
 
     # Control -------------------------------------------------------------

@@ -364,6 +364,81 @@ def test_connection_faults_apply_to_v2_submit(start_emulator: EmulatorFactory, k
     assert_not_billed(emulator)
 
 
+def test_a_cut_v1_answer_is_billed_when_the_service_is_said_to_bill_it(
+    start_emulator: EmulatorFactory,
+) -> None:
+    emulator = start_emulator(faults={"truncate": 1.0}, bill_cut_answers=True)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        generate(emulator)
+
+    snap = stats(emulator)
+    assert snap["faults_injected"] == {"truncate": 1}
+    assert snap["billed"] == 1
+
+
+def test_a_cut_v2_submission_runs_its_job_when_cut_answers_are_billed(
+    start_emulator: EmulatorFactory,
+) -> None:
+    # The queue accepted the job; only the answer naming it was lost.
+    emulator = start_emulator(faults={"truncate": 1.0}, bill_cut_answers=True)
+
+    with pytest.raises(TRANSPORT_ERRORS):
+        generate(emulator, api="v2")
+
+    snap = wait_until(
+        lambda: (s := stats(emulator))["jobs"].get("COMPLETED") == 1 and s,
+        what="the job of the cut submission completing",
+    )
+    assert snap["jobs"] == {"QUEUED": 1, "COMPLETED": 1}
+    assert snap["billed"] == 1
+
+
+def completed_job(emulator: SegmindEmulator) -> tuple[str, str]:
+    """Submit a job (no fault in force) and wait for it: its status path and output path."""
+    with emulator_client(emulator.url) as client:
+        request_id = client.post("/v2/p-image-edit", json=BODY).json()["request_id"]
+        status_path = f"/v2/requests/{request_id}/status"
+        wait_until(
+            lambda: client.get(status_path).json()["status"] == "COMPLETED",
+            what="the job completing",
+        )
+        output = client.get(f"/v2/requests/{request_id}").json()["output"]
+    return status_path, str(output).removeprefix(emulator.url)
+
+
+@pytest.mark.parametrize("kind", ["500", "429", "reset", "truncate"])
+def test_queue_read_faults_hit_polls_and_downloads_and_cost_nothing(
+    start_emulator: EmulatorFactory, kind: str
+) -> None:
+    emulator = start_emulator(queue_read_faults=True)
+    paths = completed_job(emulator)
+    emulator.set_faults(faults={kind: 1.0})
+
+    for path in paths:
+        with emulator_client(emulator.url) as client:
+            if kind in ("reset", "truncate"):
+                with pytest.raises(TRANSPORT_ERRORS):
+                    client.get(path)
+            else:
+                assert client.get(path).status_code == int(kind)
+
+    snap = stats(emulator)
+    assert snap["faults_injected"] == {f"{kind} on read": 2}
+    assert snap["by_status"] == {"200": 1}  # the submission; reads are not generations
+    assert snap["billed"] == 1
+
+
+def test_without_queue_read_faults_reads_never_fail(start_emulator: EmulatorFactory) -> None:
+    emulator = start_emulator()
+    paths = completed_job(emulator)
+    emulator.set_faults(faults={"500": 1.0})
+
+    with emulator_client(emulator.url) as client:
+        assert [client.get(path).status_code for path in paths] == [200, 200]
+    assert stats(emulator)["faults_injected"] == {}
+
+
 # Units ----------------------------------------------------------------------
 
 

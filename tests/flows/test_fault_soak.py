@@ -20,18 +20,23 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from bench.fault_soak import (
+    ISSUE_FAULTS,
     RetryAfterTally,
+    SoakCheck,
+    SoakRow,
     check_billing,
     check_outputs,
     put_soak_inputs,
 )
 from blocks import ObjectStorage, SegmindCredentials
+from emulator import SegmindEmulator
 from flows.batch import BatchOutcome, batch
 from tests.conftest import EmulatorFactory, S3Server
 from tests.support import API_KEY, emulator_stats
@@ -49,26 +54,43 @@ READ_TIMEOUT_S = 5.0
 SEED_BASE = 830_000  # pinned seeds no other test uses
 
 
-@pytest.mark.timeout(180)
-def test_a_batch_under_faults_stores_every_row_and_pays_each_once(
-    start_emulator: EmulatorFactory, s3: S3Server, caplog: pytest.LogCaptureFixture
-) -> None:
-    # moto logs every S3 request (about ten a row); capturing them costs seconds.
-    caplog.set_level(logging.WARNING, logger="werkzeug")
+@dataclass
+class Soak:
+    """One soak run: its rows, outcome, the objects checked by boto3, the emulator."""
+
+    rows: list[SoakRow]
+    outcome: BatchOutcome
+    check: SoakCheck
+    emulator: SegmindEmulator
+    retry_after: RetryAfterTally
+
+
+def run_soak(
+    start_emulator: EmulatorFactory,
+    s3: S3Server,
+    *,
+    rows: int,
+    faults: dict[str, float],
+    seed_base: int,
+    queue: bool = False,
+    **emulator_options: Any,
+) -> Soak:
+    """A batch of ``rows`` against an emulator with ``faults``; every row must succeed."""
     emulator = start_emulator(
         latency_s=0.02,
-        faults=CI_FAULTS,
+        faults=faults,
         fault_seed=FAULT_SEED,
         retry_after_s=1,
         retry_after_rate=0.5,
         # Longer than the read timeout: the client gives up first, as on a hung answer.
         timeout_hold_s=READ_TIMEOUT_S + 2.0,
+        **emulator_options,
     )
     retry_after = RetryAfterTally(emulator)
     boto = s3.client()
     prefix = f"soak-{uuid.uuid4().hex[:8]}"
-    manifest, rows = put_soak_inputs(
-        boto, prefix, ROWS, seed_base=SEED_BASE, tag=f"fault soak test {prefix}"
+    manifest, soak_rows = put_soak_inputs(
+        boto, prefix, rows, seed_base=seed_base, tag=f"fault soak test {prefix}"
     )
     storage = ObjectStorage(
         base_url=f"s3://{BUCKET}/{prefix}",
@@ -84,6 +106,7 @@ def test_a_batch_under_faults_stores_every_row_and_pays_each_once(
         max_attempts=12,
         backoff_initial_s=0.1,
         backoff_max_s=1.0,
+        queue=queue,
     )
 
     state: Any = batch(
@@ -97,15 +120,27 @@ def test_a_batch_under_faults_stores_every_row_and_pays_each_once(
     outcome = state.result(raise_on_failure=False)
     assert isinstance(outcome, BatchOutcome), (state, outcome)
     assert state.is_completed(), state.message
-    assert (outcome.rows, outcome.succeeded, outcome.failed, outcome.not_run) == (ROWS, ROWS, 0, 0)
-    expected_usd = sum((row.price_usd for row in rows), Decimal("0"))
+    assert (outcome.rows, outcome.succeeded, outcome.failed, outcome.not_run) == (rows, rows, 0, 0)
+    expected_usd = sum((row.price_usd for row in soak_rows), Decimal("0"))
     assert outcome.paid_usd == outcome.estimate_usd == expected_usd
     assert outcome.saved_usd == Decimal("0")
 
     # What landed, read back by boto3: one image and one sidecar per row, nothing else.
-    check = check_outputs(boto, prefix, rows, outcome.results_url)
+    check = check_outputs(boto, prefix, soak_rows, outcome.results_url)
     assert check.problems == []
-    assert check.images_checked == ROWS
+    assert check.images_checked == rows
+    return Soak(soak_rows, outcome, check, emulator, retry_after)
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_under_faults_stores_every_row_and_pays_each_once(
+    start_emulator: EmulatorFactory, s3: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # moto logs every S3 request (about ten a row); capturing them costs seconds.
+    caplog.set_level(logging.WARNING, logger="werkzeug")
+    soak = run_soak(start_emulator, s3, rows=ROWS, faults=CI_FAULTS, seed_base=SEED_BASE)
+    emulator, rows, check, retry_after = soak.emulator, soak.rows, soak.check, soak.retry_after
+    expected_usd = soak.outcome.paid_usd
     assert sum(check.attempts.values()) == ROWS
     assert max(check.attempts) > 1, check.attempts  # some rows needed retries
 
@@ -128,3 +163,56 @@ def test_a_batch_under_faults_stores_every_row_and_pays_each_once(
     assert stats["requests"] == ROWS + sum(injected.values()), stats
     assert Decimal(str(stats["spent_usd"])).quantize(Decimal("0.01")) == expected_usd
     assert check_billing(stats, rows, CI_FAULTS) == []
+
+
+@pytest.mark.timeout(180)
+def test_with_v1_each_answer_cut_after_the_service_billed_it_is_paid_again(
+    start_emulator: EmulatorFactory, s3: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit of /v1 the README states: a lost answer cannot be fetched again."""
+    caplog.set_level(logging.WARNING, logger="werkzeug")
+    soak = run_soak(
+        start_emulator,
+        s3,
+        rows=16,
+        faults={"truncate": 0.25},
+        seed_base=SEED_BASE + 1000,
+        bill_cut_answers=True,
+    )
+
+    stats = emulator_stats(soak.emulator.url)
+    cut = stats["faults_injected"].get("truncate", 0)
+    assert cut >= 1, stats
+    assert stats["billed"] == 16 + cut
+
+
+@pytest.mark.timeout(180)
+def test_a_queue_batch_under_faults_pays_once_per_row_even_when_polls_and_downloads_fail(
+    start_emulator: EmulatorFactory, s3: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queue mode: faults on status polls, result reads and downloads cost nothing.
+
+    The service bills cut answers here. The one way to pay twice is a submission
+    whose answer (the request id) is cut: its job runs, and nobody knows its id.
+    """
+    caplog.set_level(logging.WARNING, logger="werkzeug")
+    soak = run_soak(
+        start_emulator,
+        s3,
+        rows=ROWS,
+        faults=ISSUE_FAULTS,
+        seed_base=SEED_BASE + 2000,
+        queue=True,
+        bill_cut_answers=True,
+        queue_read_faults=True,
+    )
+
+    stats = emulator_stats(soak.emulator.url)
+    injected = stats["faults_injected"]
+    on_reads = {kind: n for kind, n in injected.items() if kind.endswith(" on read")}
+    assert sum(on_reads.values()) >= 10, injected  # polls and downloads met faults
+    assert len(on_reads) >= 3, injected
+    cut_submissions = injected.get("truncate", 0)
+    assert stats["billed"] == ROWS + cut_submissions, stats
+    assert stats["jobs"].get("QUEUED") == stats["billed"]
+    assert stats["jobs"].get("COMPLETED") == stats["billed"]
