@@ -162,7 +162,7 @@ class SegmindCredentials(CredentialsBlock):
             # The worker's key goes only to the worker's server: a block that names
             # another one (it may come inline with a run's parameters) brings its own.
             env_server = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-            if self.base_url and _same_server(self.base_url, env_server) is False:
+            if self.base_url and not _same_server(self.base_url, env_server):
                 raise AuthenticationError(
                     f"the credentials name the server {display_url(self.base_url)} but "
                     f"carry no key, and the key in {API_KEY_ENV} is sent only to "

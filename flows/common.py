@@ -57,7 +57,7 @@ class InlineBlockError(ValueError):
 
 
 def refuse_inline_blocks(**blocks: Block | None) -> None:
-    """In a deployment's run, refuse blocks given inline: only saved blocks are used.
+    """In a deployment's run, refuse blocks given inline: only saved, named blocks are used.
 
     A deployment's parameters come from whoever triggers a run (the UI form, the
     API). A block given inline brings its own fields to the worker: credentials that
