@@ -374,13 +374,13 @@ def _refuse_ambiguous(url: str, netloc: str) -> None:
     Raises:
         FetchRefusedError: naming what is wrong.
     """
+    control = next((i for i, c in enumerate(url) if ord(c) <= 0x20 or ord(c) == 0x7F), None)
     if "\\" in url:
         problem = "contains a backslash"
     elif "@" in netloc:
         problem = "has user info (user@host)"
-    elif any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
-        where = next(i for i, char in enumerate(url) if ord(char) <= 0x20 or ord(char) == 0x7F)
-        problem = f"contains whitespace or a control character (at character {where + 1})"
+    elif control is not None:
+        problem = f"contains whitespace or a control character (at character {control + 1})"
     else:
         return
     raise FetchRefusedError(

@@ -258,7 +258,7 @@ def generate_and_store(
         # A queued request that expired or failed can never complete: set its
         # record aside so the next run submits again instead of polling it.
         # Only its own record: another run may have recorded its request since.
-        polled = resume or (submitted[0] if submitted else None)
+        polled = resume or next(iter(submitted), None)
         record = outputs.load_pending(job_key) if polled is not None else None
         if polled is not None and record and record.get("request_id") == polled.request_id:
             if isinstance(error, QueuedResultExpiredError) or error.status == 422:
@@ -297,7 +297,7 @@ def generate_and_store(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         key = output_key(flow_name, day, f"{job_id or digest}-{stamp}", request.image_format())
     stored = outputs.save(key, generated.image, sidecar)
-    queued = resume or (submitted[0] if submitted else None)
+    queued = resume or next(iter(submitted), None)
     if queued is not None:
         outputs.clear_pending(job_key, queued.request_id)
     return _reference(spec, stored, digest, reused=False).model_copy(
