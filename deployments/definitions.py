@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORK_POOL = "segmind-process"
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "Europe/London"
+PHOTOS = "examples/photos"  # the shipped example photos, relative to the checkout workers run in
 
 
 @dataclass(frozen=True)
@@ -77,31 +78,65 @@ DEPLOYMENTS: tuple[DeploymentDefinition, ...] = (
         name="on-demand",
         entrypoint="flows/edit_image.py:edit_image",
         description="Edit one image (or make one from text) with FLUX.1 Kontext Pro or Max.",
-        parameters={"prompt": "make it a watercolour painting", "model": "pro"},
+        parameters={
+            "prompt": "make it a watercolour painting",
+            "image": f"{PHOTOS}/coffee.jpg",
+            "model": "pro",
+            "seed": 7,
+        },
     ),
     DeploymentDefinition(
         name="on-demand",
         entrypoint="flows/merge_images.py:merge_images",
         description="Merge two images into one with multi-image FLUX.1 Kontext Pro or Max.",
-        parameters={"prompt": "the two subjects side by side in one scene", "model": "pro"},
+        parameters={
+            "prompt": "the two subjects side by side in one scene",
+            "image_1": f"{PHOTOS}/coffee.jpg",
+            "image_2": f"{PHOTOS}/chelsea.jpg",
+            "model": "pro",
+            "seed": 7,
+        },
     ),
     DeploymentDefinition(
         name="on-demand",
         entrypoint="flows/edit_each_image_with_p_image_edit.py:edit_each_image_with_p_image_edit",
         description="Apply one p-image-edit prompt to every image of a list, $0.01 each.",
-        parameters={"prompt": "turn the photo into a vintage travel poster", "max_concurrency": 4},
+        parameters={
+            "prompt": "turn the photo into a vintage travel poster",
+            "images": [f"{PHOTOS}/astronaut.jpg", f"{PHOTOS}/chelsea.jpg"],
+            "seed": 7,
+            "max_concurrency": 4,
+        },
     ),
     DeploymentDefinition(
         name="on-demand",
         entrypoint="flows/replace_background_then_merge.py:replace_background_then_merge",
         description=(
             "Replace a product photo's background, then merge it with a second image; "
-            "writes a page showing every step."
+            "shows inputs, intermediate and result side by side."
         ),
         parameters={
+            "product_image": f"{PHOTOS}/coffee.jpg",
+            "second_image": f"{PHOTOS}/chelsea.jpg",
             "background_prompt": "on a white marble counter in soft morning light",
             "merge_prompt": "the cat sitting next to the cup",
+            "seed": 7,
         },
+    ),
+    DeploymentDefinition(
+        name="on-demand",
+        entrypoint="flows/review_variations.py:review_variations",
+        description=(
+            "Make one edit in several variations, wait for a person to pick the ones to "
+            "publish (the run's Resume button), then copy them under published/."
+        ),
+        parameters={
+            "prompt": "put the coffee cup on a white marble counter",
+            "images": [f"{PHOTOS}/coffee.jpg"],
+            "endpoint": "flux-kontext-pro",
+            "seeds": [1, 2, 3],
+        },
+        tags=("segmind", "review"),
     ),
 )
 """Every deployment; ``prefect.yaml`` lists the same, in the same order."""

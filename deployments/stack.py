@@ -503,6 +503,9 @@ def _free_port() -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As the server binds: a port whose last connections are in TIME_WAIT (a
+        # browser was open on the stack just stopped) is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -103,6 +103,25 @@ def test_each_entrypoint_imports_a_flow_and_its_defaults_fit_its_form(
     assert deployment.enforce_parameter_schema is True
 
 
+def _local_paths(value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str) and v.startswith("examples/")]
+
+
+@pytest.mark.parametrize("definition", DEPLOYMENTS, ids=ids)
+def test_every_deployment_runs_from_its_defaults_alone(definition: DeploymentDefinition) -> None:
+    """Quick run sends the defaults: they fill every required parameter, with shipped files."""
+    schema = runner_deployment(definition)._parameter_openapi_schema.model_dump()
+
+    missing = set(schema.get("required", [])) - set(definition.parameters)
+    assert missing == set(), f"{definition.entrypoint}: Quick run would lack {missing}"
+    assert validate(copy.deepcopy(definition.parameters), schema, raise_on_error=False) == []
+    shipped = [p for v in definition.parameters.values() for p in _local_paths(v)]
+    assert shipped, f"{definition.entrypoint} names no shipped example input"
+    for path in shipped:
+        assert (ROOT / path).is_file(), path
+
+
 def test_the_served_batch_has_its_cron_time_zone_and_enums() -> None:
     (batch,) = [d for d in DEPLOYMENTS if d.cron is not None]
 
