@@ -4,7 +4,8 @@ Step 1, flux-kontext-pro: the background of ``product_image`` is replaced as
 ``background_prompt`` says. Step 2, multi-image-kontext-pro: that result and
 ``second_image`` are merged as ``merge_prompt`` says. Both images go to the
 storage block with their sidecars, and a page showing inputs, intermediate
-and output side by side is written beside them.
+and output side by side is written beside them; the run's Markdown artifact
+shows the same four images as thumbnails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from segmind_core.images import read_image_input
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import sanitise_key_part
 from segmind_core.report import ReportImage, render_report_page
+from tasks.artifacts import publish_outputs
 from tasks.segmind_tasks import (
     EditResult,
     edit_image_with_kontext_pro,
@@ -33,6 +35,10 @@ from tasks.segmind_tasks import (
 )
 
 __all__ = ["ReplaceBackgroundThenMergeOutcome", "replace_background_then_merge"]
+
+TITLE = "Replace background, then merge"
+BACKGROUND_TITLE = "Background replaced"
+MERGED_TITLE = "Merged with input B"
 
 
 class ReplaceBackgroundThenMergeOutcome(BaseModel):
@@ -88,30 +94,35 @@ def write_run_page(
     background: EditResult,
     merged: EditResult,
 ) -> str:
-    """Copy the inputs beside the outputs and write the page; returns its URL."""
+    """Copy the inputs beside the outputs, write the page and publish the artifact.
+
+    Returns the page's URL.
+    """
     store = storage.get_store()
     folder = posixpath.dirname(merged.key)
     run = sanitise_key_part(f"{flow_run.get_name() or 'local'}-{str(flow_run.get_id())[:8]}")
     page_key = f"{folder}/runs/{run}.html"
     panels = []
+    inputs = []
     for title, source, field in (
         ("Input A (product)", product_image, "product_image"),
         ("Input B", second_image, "second_image"),
     ):
         data = read_image_input(source, field=field, store=store)
         input_key = f"{folder}/runs/{run}-{field}{Path(source).suffix.lower() or '.img'}"
-        store.write(input_key, data)
+        inputs.append((title, store.write(input_key, data)))
         panels.append(ReportImage(title, _link(store, input_key, page_key), source))
     panels.append(
-        ReportImage(
-            "Background replaced", _link(store, background.key, page_key), _caption(background)
-        )
+        ReportImage(BACKGROUND_TITLE, _link(store, background.key, page_key), _caption(background))
     )
     panels.append(
-        ReportImage("Merged with input B", _result_link(store, merged, page_key), _caption(merged))
+        ReportImage(MERGED_TITLE, _result_link(store, merged, page_key), _caption(merged))
     )
-    page = render_report_page("Replace background, then merge", panels)
-    return store.write(page_key, page.encode())
+    page = render_report_page(TITLE, panels)
+    page_url = store.write(page_key, page.encode())
+    steps = [(BACKGROUND_TITLE, background), (MERGED_TITLE, merged)]
+    publish_outputs(TITLE, steps, store=store, inputs=inputs)
+    return page_url
 
 
 @flow(name="replace-background-then-merge")

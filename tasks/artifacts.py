@@ -1,8 +1,10 @@
 """The flows' Prefect artifacts: the batch's estimate, progress, table and gallery; outputs.
 
-The Markdown is rendered by `segmind_core.report`; this module only hands it,
-and the table and the progress, to Prefect. Keys are fixed, so each run adds
-a new version of the same artifact and the UI shows their history.
+The Markdown is rendered by `segmind_core.report`, with thumbnails and links
+from `segmind_core.thumbnails` (presigned on S3, embedded elsewhere); this
+module only hands it, and the table and the progress, to Prefect. Keys are
+fixed, so each run adds a new version of the same artifact and the UI shows
+their history.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from segmind_core.report import (
     render_batch_results_markdown,
     render_outputs_markdown,
 )
+from segmind_core.thumbnails import Preview, preview
 
 __all__ = [
     "ESTIMATE_KEY",
@@ -65,6 +68,18 @@ def _best_effort(publish: Callable[P, None]) -> Callable[P, None]:
             get_run_logger().warning("Could not publish %s: %s", publish.__name__, exc)
 
     return publish_or_warn
+
+
+def _previews(store: ObjectStore) -> Callable[[str], Preview]:
+    """`segmind_core.thumbnails.preview` through ``store``, warning of a missing thumbnail."""
+
+    def preview_or_warn(url: str) -> Preview:
+        shown = preview(store, url)
+        if shown.problem is not None:
+            get_run_logger().warning("No thumbnail of %s: %s", url, shown.problem)
+        return shown
+
+    return preview_or_warn
 
 
 class BatchProgress:
@@ -124,7 +139,7 @@ def publish_estimate(
 
 @_best_effort
 def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore) -> None:
-    """The results table and the gallery (thumbnails through presigned URLs on S3)."""
+    """The results table and the gallery (thumbnails linked to the outputs)."""
     ordered = sorted(report.results, key=lambda result: result.status is RowStatus.SUCCEEDED)
     table: list[dict[str, Any]] = [
         {
@@ -150,9 +165,7 @@ def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore
         description=f"{report.summary()}.{shown} All rows: {results_url}",
     )
     create_markdown_artifact(
-        render_batch_results_markdown(
-            report, results_url=results_url, link=store.presigned_url_for
-        ),
+        render_batch_results_markdown(report, results_url=results_url, preview=_previews(store)),
         key=GALLERY_KEY,
         description="Summary, failures and outputs of the batch.",
     )
@@ -160,11 +173,22 @@ def publish_results(report: BatchReport, *, results_url: str, store: ObjectStore
 
 @_best_effort
 def publish_outputs(
-    title: str, outputs: Sequence[tuple[str, EditResult]], *, store: ObjectStore
+    title: str,
+    outputs: Sequence[tuple[str, EditResult]],
+    *,
+    store: ObjectStore,
+    inputs: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """A Markdown artifact showing each labelled output, its seed and what it cost."""
+    """A Markdown artifact of labelled outputs side by side: thumbnails, seed, size, cost, place.
+
+    Args:
+        title: The artifact's heading and description.
+        outputs: Each output with its label ("Background replaced", "Variation 1"...).
+        store: The storage the outputs are in: it makes the thumbnails and links.
+        inputs: Labelled input images stored in ``store``, shown before the outputs.
+    """
     create_markdown_artifact(
-        render_outputs_markdown(title, outputs, link=store.presigned_url_for),
+        render_outputs_markdown(title, outputs, preview=_previews(store), inputs=inputs),
         key=OUTPUTS_KEY,
         description=title,
     )

@@ -7,13 +7,16 @@ whole test session, and the billing counts below must not depend on the order.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from blocks import ObjectStorage, SegmindCredentials
@@ -24,6 +27,10 @@ from flows.replace_background_then_merge import (
 )
 from segmind_core.outputs import SIDECAR_SUFFIX
 from tasks import EditResult
+from tasks.artifacts import OUTPUTS_KEY
+from tests.conftest import S3Server
+from tests.flows.outputs import flow_run_artifacts
+from tests.segmind_core.test_report import Cell, grid
 from tests.support import API_KEY, decode, emulator_stats
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -232,3 +239,91 @@ def test_a_saved_storage_block_keeps_the_cache_records_beside_the_outputs(
         assert (tmp_path / f"segmind-{result.request_digest}").is_file()
     assert second.merged.url == first.merged.url
     assert emulator_stats(segmind_env.url)["billed"] == 2
+
+
+# --- the run's artifact: inputs, intermediate and result side by side --------------------------
+
+
+def artifact_grid(
+    storage: ObjectStorage, seed: int
+) -> tuple[ReplaceBackgroundThenMergeOutcome, list[Cell], str]:
+    """Run the flow; its outcome, the artifact's row of thumbnails, and the artifact."""
+    state = replace_background_then_merge(
+        product_image=str(COFFEE),
+        second_image=str(CHELSEA),
+        background_prompt="on a white marble counter",
+        merge_prompt="the cat beside the cup",
+        storage=storage,
+        seed=seed,
+        return_state=True,
+    )
+    outcome = state.result()
+    (artifact,) = flow_run_artifacts(state, OUTPUTS_KEY)
+    thumbnails, captions = grid(artifact.data)
+    titles = ["Input A (product)", "Input B", "Background replaced", "Merged with input B"]
+    assert [cell.alt for cell in thumbnails] == titles
+    assert [cell.texts[0] for cell in captions] == titles
+    assert captions[2].texts[1:] == ["flux-kontext-pro", "1248x832 png", f"seed {seed}", "0.05 USD"]
+    return outcome, thumbnails, artifact.data
+
+
+def test_the_artifact_embeds_the_four_thumbnails_of_a_local_run(
+    segmind_env: SegmindEmulator, tmp_path: Path
+) -> None:
+    outcome, thumbnails, markdown = artifact_grid(ObjectStorage(base_url=str(tmp_path)), 26)
+
+    sources = [COFFEE.read_bytes(), CHELSEA.read_bytes()] + [
+        Path(result.url).read_bytes() for result in (outcome.background_replaced, outcome.merged)
+    ]
+    for cell, source in zip(thumbnails, sources, strict=True):
+        assert cell.href is None
+        assert cell.src is not None
+        assert cell.src.startswith("data:image/jpeg;base64,")
+        thumbnail = decode(base64.b64decode(cell.src.split(",", 1)[1], validate=True))
+        assert thumbnail.format == "JPEG"
+        assert thumbnail.size == make_thumbnail_size(source)
+    assert outcome.merged.url in markdown
+    assert "a browser cannot open a worker's local path" in markdown
+
+
+def test_on_s3_the_artifact_links_stored_thumbnails_to_the_full_images(
+    segmind_env: SegmindEmulator, s3: S3Server
+) -> None:
+    storage = ObjectStorage(
+        base_url="s3://outputs/run",
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+    )
+
+    outcome, thumbnails, markdown = artifact_grid(storage, 27)
+
+    client = s3.client()
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket="outputs")["Contents"]}
+    with httpx.Client(trust_env=False) as browser:
+        for cell in thumbnails:
+            assert cell.src is not None
+            assert cell.href is not None
+            assert cell.src.startswith(f"{s3.endpoint_url}/outputs/run/{FLOW}/")
+            thumbnail_key = urlsplit(cell.src).path.removeprefix("/outputs/")
+            assert "/thumbnails/" in thumbnail_key
+            assert thumbnail_key in keys
+            thumbnail, full = browser.get(cell.src), browser.get(cell.href)
+            assert (thumbnail.status_code, full.status_code) == (200, 200)
+            assert max(decode(thumbnail.content).size) == 320
+            decode(full.content)
+    assert (
+        full.content
+        == client.get_object(
+            Bucket="outputs", Key=outcome.merged.url.removeprefix("s3://outputs/")
+        )["Body"].read()
+    )
+    assert "The links are presigned: they work until" in markdown
+
+
+def make_thumbnail_size(data: bytes) -> tuple[int, int]:
+    """The size of a 320 px thumbnail of ``data``, computed apart from the product."""
+    width, height = decode(data).size
+    scale = 320 / max(width, height)
+    return (round(width * scale), round(height * scale))
