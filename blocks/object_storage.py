@@ -10,7 +10,7 @@ from prefect.filesystems import WritableFileSystem
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from blocks.reference_schema import referenceable_block_schema
-from segmind_core.object_store import ObjectStore
+from segmind_core.object_store import MAX_PRESIGN_EXPIRY_S, ObjectStore
 
 __all__ = ["ObjectStorage"]
 
@@ -70,7 +70,7 @@ class ObjectStorage(WritableFileSystem):
     presign_expiry_s: int = Field(
         default=3600,
         ge=60,
-        le=7 * 24 * 3600,
+        le=MAX_PRESIGN_EXPIRY_S,
         title="Presigned URL lifetime (s)",
         description="How long presigned URLs handed to Segmind stay valid.",
     )

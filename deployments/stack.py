@@ -2,7 +2,9 @@
 
 ``python -m deployments.stack up`` starts, on 127.0.0.1 and from this checkout:
 
-- a Prefect server (SQLite in ``.stack/prefect-home``) with its UI;
+- a Prefect server with its UI, on SQLite in ``.stack/prefect-home`` or, with
+  ``--database postgresql``, on a PostgreSQL server of its own in
+  ``.stack/postgres`` (`deployments.postgres`);
 - the Segmind emulator (no key, no cost);
 - an S3-compatible server (moto) with the bucket ``segmind-outputs``;
 - ``--workers`` process workers on the work pool ``segmind-process``;
@@ -40,6 +42,7 @@ from typing import IO, Any
 import httpx
 import psutil
 
+from deployments import postgres
 from deployments.definitions import DEPLOYMENTS, WORK_POOL
 
 __all__ = [
@@ -61,7 +64,8 @@ S3_ACCESS_KEY_ID = "local-stack"
 S3_SECRET_ACCESS_KEY = "local-stack-secret"  # noqa: S105 - moto accepts any
 STATE_FILE = "stack.json"
 STARTUP_TIMEOUT_S = 180.0
-SERVICES = frozenset({"prefect-server", "emulator", "s3-server"})
+SERVICES = frozenset({"prefect-server", "emulator", "s3-server", "postgresql"})
+DATABASES = ("sqlite", "postgresql")
 """What the workers need; ``down`` stops these last."""
 
 
@@ -85,6 +89,8 @@ class StackSettings:
             answers 429, like an account's limit.
         ui: Serve the Prefect UI.
         bucket: The S3 bucket outputs go to.
+        database: The Prefect server's database: ``sqlite`` (a file in the Prefect
+            home) or ``postgresql`` (a server of the stack's own, in ``postgres/``).
     """
 
     directory: Path = REPO / ".stack"
@@ -96,6 +102,7 @@ class StackSettings:
     emulator_max_concurrency: int = 8
     ui: bool = True
     bucket: str = "segmind-outputs"
+    database: str = "sqlite"
 
 
 @dataclass
@@ -118,6 +125,7 @@ class StackState:
     emulator_url: str = ""
     s3_endpoint_url: str = ""
     bucket: str = ""
+    database: str = "sqlite"
     processes: list[StackProcess] = field(default_factory=list)
 
     def save(self) -> None:
@@ -177,6 +185,7 @@ def up(settings: StackSettings, say: Callable[[str], None] = print) -> StackStat
         api_url=f"http://127.0.0.1:{port}/api",
         ui_url=f"http://127.0.0.1:{port}" if settings.ui else "",
         bucket=settings.bucket,
+        database=settings.database,
     )
     state.save()
     try:
@@ -203,10 +212,14 @@ def _start(
     env = {**inherited, **state.environment()}
     prefect = str(Path(sys.executable).parent / "prefect")
 
+    server_env = env
+    if settings.database == "postgresql":
+        say("starting PostgreSQL for the Prefect server")
+        server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": _start_postgres(state, env)}
     say("starting the Prefect server, the Segmind emulator and the S3 server")
     server_argv = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server_argv += ["--analytics-off"] + ([] if settings.ui else ["--no-ui"])
-    server = _spawn(state, "prefect-server", server_argv, env, logs)
+    server = _spawn(state, "prefect-server", server_argv, server_env, logs)
     emulator = _spawn(
         state,
         "emulator",
@@ -268,6 +281,23 @@ def _start(
         _spawn(state, name, argv, env, logs)
     _wait_for(lambda: _workers_online(state.api_url, names), None, "the workers", state=state)
     say(f"  {len(names)} worker(s) on the work pool {WORK_POOL}: {', '.join(names)}")
+
+
+def _start_postgres(state: StackState, env: dict[str, str]) -> str:
+    """The stack's PostgreSQL, recorded as one of its processes; Prefect's database URL."""
+    directory = Path(state.directory)
+    try:
+        url = postgres.start(
+            directory / "postgres", _free_port(), env, directory / "logs" / "postgresql.log"
+        )
+    except postgres.PostgresError as exc:
+        raise StackError(str(exc)) from exc
+    pid = postgres.postmaster_pid(directory / "postgres")
+    if pid is None:
+        raise StackError("PostgreSQL started but left no pid file; see logs/postgresql.log")
+    state.processes.append(StackProcess("postgresql", pid, psutil.Process(pid).create_time()))
+    state.save()
+    return url
 
 
 def down(
@@ -551,6 +581,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--emulator-max-concurrency", type=int, default=8, help="calls in flight before a 429"
     )
     start.add_argument("--no-ui", action="store_true", help="serve the API only")
+    start.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="the Prefect server's database (postgresql: a server of the stack's own)",
+    )
     stop = commands.add_parser("down", help="stop every process of the stack")
     stop.add_argument("--purge", action="store_true", help="also delete the state folder")
     commands.add_parser("status", help="what runs, and where")
@@ -576,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator_latency=args.emulator_latency,
         emulator_max_concurrency=args.emulator_max_concurrency,
         ui=not args.no_ui,
+        database=args.database,
     )
     try:
         state = up(settings)

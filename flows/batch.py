@@ -96,7 +96,8 @@ class RowDefaults(BaseModel):
         aspect_ratio: Output ratio; p-image-edit accepts only the first 8 values.
         output_format: ``png`` or ``jpg`` (FLUX endpoints).
         safety_tolerance: 0 (strict) to 6 for single-image FLUX; merges accept 0 to 2.
-        seed: Pins every row without a seed, which makes reruns free (served from the cache).
+        seed: 0 to 999999999999999; pins every row without a seed, which makes reruns free
+            (served from the cache).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -125,7 +126,8 @@ class RowDefaults(BaseModel):
         le=SEED_MAX,
         title="Seed",
         description=(
-            "Pins every row without a seed, which makes reruns free (served from the cache)."
+            "0 to 999999999999999; pins every row without a seed, which makes reruns free "
+            "(served from the cache)."
         ),
     )
 

@@ -86,11 +86,14 @@ def edit_each_image_with_p_image_edit(
 
     Args:
         prompt: The edit, e.g. "make it a vintage travel poster".
-        images: The images to edit, one output each: URLs, s3:// URLs or local paths.
-        reference_images: Up to 4 more images sent with every call (a logo, a style).
+        images: The images to edit, one output each, JPEG, PNG, GIF or WEBP: https URLs,
+            s3:// URLs or paths on the worker, e.g. ["examples/photos/astronaut.jpg"].
+        reference_images: Up to 4 more images sent with every call (a logo, a style), the
+            same kinds, e.g. ["s3://my-bucket/brand/logo.png"].
         aspect_ratio: Output ratio; match_input_image follows each image.
         disable_safety_checker: Turn Segmind's safety checker off.
-        seed: Fixes the results and makes reruns free (cached); drawn per image when empty.
+        seed: 0 to 999999999999999; fixes the results and makes reruns free (cached); drawn
+            per image when empty.
         max_concurrency: Calls in flight at most, 1 to 64.
         storage: Where images, sidecars and cache records go; empty means ./outputs.
         credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.

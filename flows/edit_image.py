@@ -43,12 +43,14 @@ def edit_image(
 
     Args:
         prompt: The edit, e.g. "put the cup on a marble counter in morning light".
-        image: The image to edit: URL, s3:// URL or local path; empty makes one from text.
+        image: The image to edit, a JPEG, PNG, GIF or WEBP: an https URL, an s3:// URL or a
+            path on the worker, e.g. examples/photos/coffee.jpg; empty makes one from text.
         model: pro ($0.05 per image) or max ($0.10).
         aspect_ratio: Output ratio; match_input_image follows the input.
         output_format: png or jpg.
         safety_tolerance: 0 (strict) to 6; at most 2 applies when an image is given.
-        seed: Fixes the result and makes reruns free (cached); drawn and recorded when empty.
+        seed: 0 to 999999999999999; fixes the result and makes reruns free (cached); drawn
+            and recorded when empty.
         output_name: Name of the output file; the request's digest when empty.
         storage: Where the image, its sidecar and cache records go; empty means ./outputs.
         credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.

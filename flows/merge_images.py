@@ -37,13 +37,15 @@ def merge_images(
 
     Args:
         prompt: How to combine them, e.g. "the cat from image 2 sitting beside the cup".
-        image_1: First image (match_input_image follows it): URL, s3:// URL or local path.
-        image_2: Second image: URL, s3:// URL or local path.
+        image_1: First image (match_input_image follows it), a JPEG, PNG, GIF or WEBP: an
+            https URL, an s3:// URL or a path on the worker, e.g. examples/photos/coffee.jpg.
+        image_2: Second image, the same kinds, e.g. examples/photos/chelsea.jpg.
         model: pro ($0.05 per image) or max ($0.10).
         aspect_ratio: Output ratio; match_input_image follows the first image.
         output_format: png or jpg.
         safety_tolerance: 0 (strict) to 2.
-        seed: Fixes the result and makes reruns free (cached); drawn and recorded when empty.
+        seed: 0 to 999999999999999; fixes the result and makes reruns free (cached); drawn
+            and recorded when empty.
         output_name: Name of the output file; the request's digest when empty.
         storage: Where the image, its sidecar and cache records go; empty means ./outputs.
         credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.

@@ -13,15 +13,16 @@ from __future__ import annotations
 import posixpath
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from flows.common import paid_in_this_run, record_storage, refuse_inline_blocks
+from flows.common import SEED_MAX, paid_in_this_run, record_storage, refuse_inline_blocks
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.images import read_image_input
 from segmind_core.object_store import ObjectStore
@@ -133,7 +134,7 @@ def replace_background_then_merge(
     merge_prompt: str,
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE,
     output_format: OutputFormat = OutputFormat.PNG,
-    seed: int | None = None,
+    seed: Annotated[int | None, Field(ge=0, le=SEED_MAX)] = None,
     storage: ObjectStorage | None = None,
     credentials: SegmindCredentials | None = None,
     refresh_cache: bool = False,
@@ -141,13 +142,16 @@ def replace_background_then_merge(
     """Replace the background of a product photo, then merge it with a second image.
 
     Args:
-        product_image: The photo whose background is replaced: URL, s3:// URL or local path.
-        second_image: The image merged with the result: URL, s3:// URL or local path.
+        product_image: The photo whose background is replaced, a JPEG, PNG, GIF or WEBP: an
+            https URL, an s3:// URL or a path on the worker, e.g. examples/photos/coffee.jpg.
+        second_image: The image merged with the result, the same kinds, e.g.
+            examples/photos/chelsea.jpg.
         background_prompt: The new background, e.g. "on a marble counter at sunrise".
         merge_prompt: How to combine the two, e.g. "the cat sitting next to the cup".
         aspect_ratio: Ratio of both outputs; match_input_image follows the product photo.
         output_format: ``png`` or ``jpg`` for both outputs.
-        seed: Fixes both steps and makes them cacheable; drawn and recorded when empty.
+        seed: 0 to 999999999999999; fixes both steps and makes them cacheable; drawn and
+            recorded when empty.
         storage: Where images, sidecars, cache records and the page go; empty means ./outputs.
         credentials: Segmind credentials block; empty means SEGMIND_API_KEY and SEGMIND_BASE_URL.
         refresh_cache: Generate again even when a cached result exists (pays again).

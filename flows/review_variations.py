@@ -13,6 +13,7 @@ The Prefect-free part (checks, names, copies, Markdown) is `segmind_core.publish
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import Future
 from decimal import Decimal
@@ -43,6 +44,7 @@ from flows.common import (
 from segmind_core.batch import BatchCall, RowStatus
 from segmind_core.contract import FluxAspectRatio
 from segmind_core.generation import EditResult
+from segmind_core.object_store import MAX_PRESIGN_EXPIRY_S, ObjectStore
 from segmind_core.outputs import OutputStore
 from segmind_core.publishing import (
     MAX_VARIATIONS,
@@ -110,6 +112,17 @@ class ReviewDecision(RunInput):
     )
 
 
+def _store_for_the_review(storage: ObjectStorage, review_timeout_s: int) -> ObjectStore:
+    """The storage, its presigned links living as long as the review may wait (up to 7 days).
+
+    The gallery is what the reviewer looks at before choosing, maybe hours later:
+    links that expired after the storage's usual hour would show broken images.
+    """
+    store = storage.get_store()
+    lifetime = min(max(store.presign_expiry_s, review_timeout_s), MAX_PRESIGN_EXPIRY_S)
+    return dataclasses.replace(store, presign_expiry_s=lifetime)
+
+
 def review_form(count: int, description: str) -> type[ReviewDecision]:
     """`ReviewDecision` whose ``publish`` takes only 1 to ``count``, with ``description`` above.
 
@@ -175,7 +188,7 @@ def review_variations(
     endpoint: ReviewEndpoint = ReviewEndpoint.FLUX_KONTEXT_PRO,
     aspect_ratio: FluxAspectRatio = FluxAspectRatio.MATCH_INPUT_IMAGE,
     seeds: Annotated[tuple[Seed, ...], Field(min_length=1, max_length=MAX_VARIATIONS)] = (1, 2, 3),
-    review_timeout_s: Annotated[int, Field(ge=5, le=7 * DAY_S)] = DAY_S,
+    review_timeout_s: Annotated[int, Field(ge=5, le=MAX_PRESIGN_EXPIRY_S)] = DAY_S,
     storage: ObjectStorage | None = None,
     credentials: SegmindCredentials | None = None,
     refresh_cache: bool = False,
@@ -184,9 +197,10 @@ def review_variations(
 
     Args:
         prompt: The edit, e.g. "put the cup on a marble counter in morning light".
-        images: URLs, s3:// URLs or local paths: 0 or 1 for flux-kontext-pro/max (none
-            makes an image from text), exactly 2 for multi-image-kontext-pro/max, 1 to 5
-            for p-image-edit.
+        images: JPEG, PNG, GIF or WEBP images as https URLs, s3:// URLs or paths on the
+            worker, e.g. ["examples/photos/coffee.jpg"]: 0 or 1 for flux-kontext-pro/max
+            (none makes an image from text), exactly 2 for multi-image-kontext-pro/max,
+            1 to 5 for p-image-edit.
         endpoint: flux-kontext-pro ($0.05 per image), flux-kontext-max ($0.10),
             multi-image-kontext-pro ($0.05), multi-image-kontext-max ($0.10) or
             p-image-edit ($0.01).
@@ -218,7 +232,7 @@ def review_variations(
         for number, result in enumerate(outcome.variations, start=1)
     ]
     title = f"Variations to review: {prompt if len(prompt) <= 80 else prompt[:77] + '...'}"
-    publish_outputs(title, labelled, store=storage.get_store())
+    publish_outputs(title, labelled, store=_store_for_the_review(storage, review_timeout_s))
     decision = _wait_for_choice(outcome.variations, review_timeout_s)
     if decision is None:
         return _not_reviewed(outcome, review_timeout_s)

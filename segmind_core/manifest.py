@@ -51,6 +51,7 @@ from segmind_core.outputs import sanitise_key_part
 __all__ = [
     "BACKGROUND_SUFFIX",
     "BATCH_ENDPOINTS",
+    "IMAGE_COUNTS",
     "REPLACE_BACKGROUND_THEN_MERGE",
     "Manifest",
     "ManifestError",
@@ -74,7 +75,7 @@ MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 _PATH_LIKE_ID = re.compile(r"[/\\]|^\s*\.+\s*$")
 # Stands in for images while parameters are checked; never sent anywhere.
 _PLACEHOLDER_IMAGE = "https://placeholder.invalid/image.png"
-_IMAGE_COUNTS = {
+IMAGE_COUNTS = {
     "flux-kontext-pro": (0, 1),
     "flux-kontext-max": (0, 1),
     "multi-image-kontext-pro": (2, 2),
@@ -82,7 +83,8 @@ _IMAGE_COUNTS = {
     "p-image-edit": (1, 5),
     REPLACE_BACKGROUND_THEN_MERGE: (2, 2),
 }
-BATCH_ENDPOINTS = tuple(_IMAGE_COUNTS)
+"""How many images each endpoint (and the two-step flow) takes: (at least, at most)."""
+BATCH_ENDPOINTS = tuple(IMAGE_COUNTS)
 """What a row's ``endpoint`` may be: the five slugs and the two-step flow."""
 
 
@@ -349,7 +351,7 @@ def _check_rows(
 
 
 def _check_default_endpoint(default_endpoint: str | None) -> None:
-    if default_endpoint is not None and default_endpoint not in _IMAGE_COUNTS:
+    if default_endpoint is not None and default_endpoint not in IMAGE_COUNTS:
         raise ValueError(f"default endpoint {default_endpoint!r} is not one of {_known()}")
 
 
@@ -473,7 +475,7 @@ def _check_row(
         except ValueError:
             problems.append(f"{label}: id {row_id!r} has no letters or digits to name an output")
     endpoint = raw.get("endpoint")
-    if endpoint not in _IMAGE_COUNTS:
+    if endpoint not in IMAGE_COUNTS:
         problems.append(f"{label}: endpoint {endpoint!r} is not one of {_known()}")
     prompt = raw.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -493,7 +495,7 @@ def _check_row(
         return problems, None
 
     params = _with_defaults(endpoint, params, defaults)
-    low, high = _IMAGE_COUNTS[endpoint]
+    low, high = IMAGE_COUNTS[endpoint]
     if not low <= len(images) <= high:
         wanted = str(low) if low == high else f"{low} to {high}"
         problems.append(f"{label}: {endpoint} takes {wanted} image(s), got {len(images)}")

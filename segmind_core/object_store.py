@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["STALE_PART_S", "ObjectStore"]
+__all__ = ["MAX_PRESIGN_EXPIRY_S", "STALE_PART_S", "ObjectStore"]
+
+MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+"""The longest a presigned S3 URL can live (SigV4's limit: 7 days)."""
 
 _PART_SUFFIX = ".part"
 STALE_PART_S = 10.0

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from segmind_core import manifest
 from segmind_core.batch import BatchCall, first_call
 from segmind_core.contract import SEED_LIMIT, get_endpoint
 from segmind_core.errors import PermanentError
@@ -63,13 +64,11 @@ MAX_VARIATIONS = 8
 PUBLISHED_PREFIX = "published"
 """Where chosen variations are copied, under the storage's base URL."""
 IMAGE_COUNTS: Mapping[str, tuple[int, int]] = {
-    "flux-kontext-pro": (0, 1),
-    "flux-kontext-max": (0, 1),
-    "multi-image-kontext-pro": (2, 2),
-    "multi-image-kontext-max": (2, 2),
-    "p-image-edit": (1, 5),
+    endpoint: counts
+    for endpoint, counts in manifest.IMAGE_COUNTS.items()
+    if endpoint != manifest.REPLACE_BACKGROUND_THEN_MERGE
 }
-"""The endpoints a review can use, and how many images each takes (at least, at most)."""
+"""The endpoints a review can use (each single endpoint), and how many images each takes."""
 _DIGEST_CHARS = 12
 _MAX_NOTE_CHARS = 2000
 

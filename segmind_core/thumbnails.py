@@ -2,11 +2,12 @@
 
 A thumbnail is a small JPEG (longest side 320 px, upright, RGB) made with
 Pillow from the stored image: one GET per image. On storage that presigns
-(S3) it is written beside its image, in a ``thumbnails/`` folder, and both are
-linked through presigned URLs, which a browser opens without credentials
-until they expire. Elsewhere (a local folder, memory) a browser cannot reach
-the storage: the thumbnail travels inside the page as a ``data:`` URI, and the
-full-size image is named by its path. Making a thumbnail never raises: a
+(S3) it is written under ``_thumbnails/`` at the storage's base, at the image's
+own key plus ``.jpg`` (so the outputs' folders hold only outputs, sidecars and
+results manifests), and both are linked through presigned URLs, which a browser
+opens without credentials until they expire. Elsewhere (a local folder, memory)
+a browser cannot reach the storage: the thumbnail travels inside the page as a
+``data:`` URI, and the full-size image is named by its path. Making a thumbnail never raises: a
 `Preview` without one says why.
 """
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 THUMBNAIL_SIDE = 320
-THUMBNAILS_FOLDER = "thumbnails"
+THUMBNAILS_FOLDER = "_thumbnails"
 _JPEG_QUALITY = 80
 
 
@@ -133,13 +134,14 @@ def key_in(store: ObjectStore, url: str) -> str | None:
 
 
 def thumbnail_key(key: str) -> str:
-    """Where the thumbnail of ``key`` goes: ``{folder}/thumbnails/{name}.jpg``.
+    """Where the thumbnail of ``key`` goes: ``_thumbnails/{key}.jpg``.
 
-    The name keeps the image's extension (``coffee.png.jpg``), as sidecars do,
-    so ``coffee.png`` and ``coffee.jpg`` of the same row never share one.
+    Apart from the outputs, so that a listing of an output folder finds only
+    what the flows document there. The name keeps the image's extension
+    (``coffee.png.jpg``), as sidecars do, so ``coffee.png`` and ``coffee.jpg``
+    of the same row never share one.
     """
-    folder, name = posixpath.split(key)
-    return posixpath.join(folder, THUMBNAILS_FOLDER, f"{name}.jpg")
+    return posixpath.join(THUMBNAILS_FOLDER, f"{key}.jpg")
 
 
 def _stored_thumbnail(store: ObjectStore, key: str, thumbnail: bytes) -> str | None:

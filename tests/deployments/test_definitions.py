@@ -19,6 +19,7 @@ from deployments.definitions import (
     DeploymentDefinition,
 )
 from deployments.serve import runner_deployment
+from flows.common import SEED_MAX
 from segmind_core.contract import FluxAspectRatio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +121,39 @@ def test_every_deployment_runs_from_its_defaults_alone(definition: DeploymentDef
     assert shipped, f"{definition.entrypoint} names no shipped example input"
     for path in shipped:
         assert (ROOT / path).is_file(), path
+
+
+@pytest.mark.parametrize("definition", DEPLOYMENTS, ids=ids)
+def test_image_fields_say_what_they_accept_with_an_example(
+    definition: DeploymentDefinition,
+) -> None:
+    properties = runner_deployment(definition)._parameter_openapi_schema.model_dump()["properties"]
+    image_fields = [name for name in properties if "image" in name]
+    for name in image_fields:
+        description = " ".join(properties[name]["description"].split())
+        assert "JPEG, PNG, GIF or WEBP" in description or "the same kinds" in description, name
+        assert "e.g." in description, name
+    assert image_fields or definition.entrypoint.endswith(":batch")
+
+
+def _seed_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [part for name, part in schema["properties"].items() if name == "seed"]
+    for definition in schema.get("definitions", {}).values():
+        found += [p for n, p in definition.get("properties", {}).items() if n == "seed"]
+    return found
+
+
+@pytest.mark.parametrize("definition", DEPLOYMENTS, ids=ids)
+def test_every_seed_field_is_bounded_where_the_form_checks_it_and_says_its_range(
+    definition: DeploymentDefinition,
+) -> None:
+    """The classic UI's form drops a property's own bounds but keeps those inside anyOf."""
+    schema = runner_deployment(definition)._parameter_openapi_schema.model_dump()
+
+    for seed in _seed_fields(schema):
+        (integer,) = [branch for branch in seed["anyOf"] if branch.get("type") == "integer"]
+        assert (integer["minimum"], integer["maximum"]) == (0, SEED_MAX)
+        assert seed["description"].startswith(f"0 to {SEED_MAX};")
 
 
 def test_the_served_batch_has_its_cron_time_zone_and_enums() -> None:

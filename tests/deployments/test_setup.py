@@ -131,7 +131,7 @@ class Deployments:
         Block-valued defaults go in at creation: POST /deployments/ checks defaults
         with every nested ``required`` stripped from the schema, which once turned
         a ``not: {required: [$ref]}`` in our blocks' schemas into ``not: {}`` and
-        refused any block default (422). ``propertyNames`` survives that.
+        refused any block default (422). ``propertyNames`` (inside ``allOf``) survives that.
         """
         flow_id = self.client.create_flow_from_name(f"{flow.name}-{self.suffix}")
         deployment_id = self.client.create_deployment(
@@ -309,7 +309,7 @@ def test_a_run_of_an_enforcing_deployment_accepts_saved_block_references(
     # ...and without our blocks' exclusion, the same pick is refused as ambiguous.
     schema = parameter_schema(edit_image.fn).model_dump_for_openapi()
     for definition in ("ObjectStorage", "SegmindCredentials"):
-        del schema["definitions"][definition]["propertyNames"]
+        del schema["definitions"][definition]["allOf"]
     legacy = deployments.create(
         edit_image, "legacy/edit_image.py:edit_image", "legacy", {"prompt": "x"}, schema=schema
     )

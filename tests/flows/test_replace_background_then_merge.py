@@ -305,9 +305,8 @@ def test_on_s3_the_artifact_links_stored_thumbnails_to_the_full_images(
         for cell in thumbnails:
             assert cell.src is not None
             assert cell.href is not None
-            assert cell.src.startswith(f"{s3.endpoint_url}/outputs/run/{FLOW}/")
+            assert cell.src.startswith(f"{s3.endpoint_url}/outputs/run/_thumbnails/{FLOW}/")
             thumbnail_key = urlsplit(cell.src).path.removeprefix("/outputs/")
-            assert "/thumbnails/" in thumbnail_key
             assert thumbnail_key in keys
             thumbnail, full = browser.get(cell.src), browser.get(cell.href)
             assert (thumbnail.status_code, full.status_code) == (200, 200)

@@ -251,9 +251,14 @@ def test_merging_into_s3_and_publishing_both_variations(
             endpoint=ReviewEndpoint.MULTI_IMAGE_KONTEXT_PRO,
             aspect_ratio=FluxAspectRatio.R_21_9,
             seeds=[9611, 9612],
+            review_timeout_s=2 * 3600,
         ),
     )
     run.wait_until_paused()
+    # The gallery's links live as long as the review may wait, not the storage's hour.
+    gallery = artifact_markdown(run.server_state(), OUTPUTS_KEY)
+    assert gallery.count("X-Amz-Expires=7200") >= 4, gallery  # 2 thumbnails, 2 full size
+    assert "X-Amz-Expires=3600" not in gallery
     run.resume([2, 1, 2], note="both")
     outcome = outcome_of(run.final_state())
 

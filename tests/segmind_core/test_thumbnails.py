@@ -129,11 +129,12 @@ def test_bytes_that_are_not_an_image_raise() -> None:
 # --- where thumbnails go, and which URLs are in a store -------------------------------------------
 
 
-def test_a_thumbnail_sits_in_a_thumbnails_folder_beside_its_image() -> None:
+def test_a_thumbnail_sits_under_thumbnails_at_its_images_key() -> None:
     assert (
-        thumbnail_key("batch/2026-12-07/coffee.png") == "batch/2026-12-07/thumbnails/coffee.png.jpg"
+        thumbnail_key("batch/2026-12-07/coffee.png")
+        == "_thumbnails/batch/2026-12-07/coffee.png.jpg"
     )
-    assert thumbnail_key("coffee.jpg") == "thumbnails/coffee.jpg.jpg"
+    assert thumbnail_key("coffee.jpg") == "_thumbnails/coffee.jpg.jpg"
 
 
 def test_key_in_finds_keys_under_the_base_url_only(
@@ -154,7 +155,7 @@ def test_key_in_finds_keys_under_the_base_url_only(
 # --- preview: S3 ----------------------------------------------------------------------------------
 
 
-def test_on_s3_the_thumbnail_is_stored_beside_the_image_and_both_are_presigned(
+def test_on_s3_the_thumbnail_is_stored_apart_from_the_outputs_and_both_are_presigned(
     s3: S3Server,
 ) -> None:
     store = s3_store(s3, presign_expiry_s=900)
@@ -166,15 +167,18 @@ def test_on_s3_the_thumbnail_is_stored_beside_the_image_and_both_are_presigned(
 
     # The thumbnail object exists, seen by an independent client.
     stored = s3.client().get_object(
-        Bucket="outputs", Key="prefix/batch/2026-12-07/thumbnails/coffee.png.jpg"
+        Bucket="outputs", Key="prefix/_thumbnails/batch/2026-12-07/coffee.png.jpg"
     )
     thumbnail = stored["Body"].read()
     assert_thumbnail(thumbnail, (320, 213))
     # Both links answer a browser, without credentials, from the moto endpoint.
     assert shown.thumbnail is not None
     assert shown.full is not None
+    assert shown.thumbnail.startswith(
+        f"{s3.endpoint_url}/outputs/prefix/_thumbnails/batch/2026-12-07/coffee.png.jpg?"
+    )
+    assert shown.full.startswith(f"{s3.endpoint_url}/outputs/prefix/batch/2026-12-07/coffee.png?")
     for link in (shown.thumbnail, shown.full):
-        assert link.startswith(f"{s3.endpoint_url}/outputs/prefix/batch/2026-12-07/"), link
         assert s3.secret_access_key not in link
     # A browser shows them rather than saving them: S3 answers with the image's type.
     answered = fetch(shown.thumbnail)
@@ -207,7 +211,7 @@ def test_on_s3_a_thumbnail_that_cannot_be_written_is_embedded(
     assert_thumbnail(from_data_uri(shown.thumbnail), (320, 240))
     assert shown.full is not None
     assert fetch(shown.full).status_code == 200
-    assert not store.exists("thumbnails/a.png.jpg")
+    assert not store.exists("_thumbnails/a.png.jpg")
 
 
 def test_on_s3_an_image_that_cannot_be_read_gets_a_link_and_no_thumbnail(s3: S3Server) -> None:
@@ -220,7 +224,7 @@ def test_on_s3_an_image_that_cannot_be_read_gets_a_link_and_no_thumbnail(s3: S3S
     assert shown.problem == "UnidentifiedImageError"
     assert shown.full is not None
     assert fetch(shown.full).content == b"not an image"
-    assert not store.exists("thumbnails/broken.png.jpg")
+    assert not store.exists("_thumbnails/broken.png.jpg")
 
 
 def test_on_s3_an_image_stored_elsewhere_gets_a_link_and_no_thumbnail(s3: S3Server) -> None:

@@ -176,8 +176,7 @@ def test_on_s3_the_outputs_artifact_links_stored_thumbnails_to_the_images(s3: S3
     with httpx.Client(trust_env=False) as browser:
         for cell, name in zip(thumbnails, expected, strict=True):
             key = f"prefix/two-steps/2026-12-07/{name}"
-            folder, file = key.rsplit("/", 1)
-            thumbnail_object = f"{folder}/thumbnails/{file}.jpg"
+            thumbnail_object = f"prefix/_thumbnails/two-steps/2026-12-07/{name}.jpg"
             stored = client.get_object(Bucket="outputs", Key=thumbnail_object)["Body"].read()
             assert max(decode(stored).size) == 320
             assert cell.src is not None
