@@ -19,21 +19,25 @@ from deployments.stack import StackState
 from tests.ui.browser import Steps
 from tests.ui.conftest import TERMINAL, Api
 from tests.ui.pages import open_artifacts, open_deployment, start_custom_run, submit_custom_run
-from tests.ui.test_run_forms import image_widths, open_artifact, use_json_input
+from tests.ui.test_run_forms import image_widths, open_artifact
 
 pytestmark = pytest.mark.timeout(900)
 
 
 def choose_in_the_resume_form(page: Page, variation: str, note: str) -> None:
-    """Resume, then ``variation`` typed as the choice (JSON input), and the note.
+    """Resume, tick ``variation`` in the form's multiple choice, write the note.
 
-    The form's multiple choice opens no list in the classic UI of Prefect 3.8 (its
-    options stay empty), so the choice is typed through the field's JSON input.
+    The list opens from the keyboard (a mouse click on it opened nothing in
+    headless Chromium); the choice then shows as a chip in the field.
     """
     page.get_by_role("button", name="Resume").click()
     dialog = page.get_by_role("dialog")
-    use_json_input(dialog, "Variations to publish", json.dumps([variation]))
+    choices = dialog.get_by_role("button", name="No items selected")
+    choices.focus()
+    choices.press("ArrowDown")
+    page.get_by_role("option", name=variation, exact=True).click()
     dialog.locator("textarea").last.fill(note)
+    expect(dialog.get_by_role("button", name=variation, exact=True)).to_be_visible()
 
 
 def objects(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
