@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 
 # Before anything imports Prefect: no telemetry, and a private home per run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import httpx
 import pytest
 
@@ -24,6 +26,16 @@ from tests.support import API_KEY
 EmulatorFactory = Callable[..., SegmindEmulator]
 REPOSITORY = Path(__file__).resolve().parent.parent
 HARNESS_SLOTS = 100
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    """A memory:// base URL private to this test (the memory filesystem is process-global)."""
+    name = f"test-{uuid.uuid4().hex}"
+    yield f"memory://{name}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)
 
 
 @pytest.fixture

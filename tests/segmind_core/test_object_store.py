@@ -7,8 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,16 +43,6 @@ class Backend:
     base_url: str
     options: dict[str, Any]
     s3: S3Server | None = None
-
-
-@pytest.fixture
-def memory_url() -> Iterator[str]:
-    """A memory:// base URL private to this test (the memory filesystem is process-global)."""
-    name = f"test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import httpx
 import pytest
 from PIL import Image, UnidentifiedImageError
@@ -38,15 +35,6 @@ def s3_store(s3: S3Server, base: str = "s3://outputs/prefix", **settings: Any) -
         client_kwargs={"region_name": s3.region},
         **settings,
     )
-
-
-@pytest.fixture
-def memory_url() -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
 
 
 def fetch(url: str) -> httpx.Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,18 +37,37 @@ def _stack(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
-    """The whole stack with its UI, on free ports, stopped at the end of the session."""
-    directory = tmp_path_factory.mktemp("ui-stack")
-    started = _stack(directory, "up", "--port", "0", "--emulator-latency", str(EMULATOR_LATENCY_S))
+def stack() -> Iterator[StackState]:
+    """The whole stack with its UI, on free ports and PostgreSQL, stopped at the end.
+
+    PostgreSQL, not SQLite: on SQLite, Prefect's server answered a Resume from the
+    UI with "database is locked" and a V2 form's run with 503 when a worker's poll
+    wrote at the same moment (a transaction that starts as a reader cannot become
+    a writer there). The folder is one the ``postgres`` user can enter (pytest's
+    are root's only); the stack's logs stay in it, its database does not.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="segmind-ui-stack-"))
+    directory.chmod(0o755)
+    started = _stack(
+        directory,
+        "up",
+        "--port",
+        "0",
+        "--database",
+        "postgresql",
+        "--emulator-latency",
+        str(EMULATOR_LATENCY_S),
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         state = StackState.load(directory)
         assert state is not None
+        assert state.database == "postgresql"
         assert state.ui_url
         yield state
     finally:
         _stack(directory, "down")
+        shutil.rmtree(directory / "postgres", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

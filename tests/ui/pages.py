@@ -11,6 +11,8 @@ import re
 from playwright.sync_api import Page, expect
 
 __all__ = [
+    "image_widths",
+    "open_artifact",
     "open_artifacts",
     "open_deployment",
     "run_id_from_url",
@@ -73,3 +75,25 @@ def open_artifacts(page: Page, ui_url: str, run_id: str) -> None:
     """The run's page, its Artifacts tab."""
     page.goto(f"{ui_url}/runs/flow-run/{run_id}")
     page.get_by_text("Artifacts", exact=True).click()
+
+
+ARTIFACT_IMAGES = ".markdown-renderer img"
+"""The images of a Markdown artifact as the classic UI renders it (not the UI's own logo)."""
+
+
+def image_widths(page: Page) -> list[int]:
+    """The natural width of every image of the artifact once each has loaded or failed."""
+    page.wait_for_function(
+        f"() => {{ const images = [...document.querySelectorAll({ARTIFACT_IMAGES!r})];"
+        " return images.length > 0 && images.every(i => i.complete); }"
+    )
+    widths: list[int] = page.eval_on_selector_all(
+        ARTIFACT_IMAGES, "els => els.map(e => e.naturalWidth)"
+    )
+    return widths
+
+
+def open_artifact(page: Page, key: str) -> None:
+    """From the run's Artifacts tab, the artifact ``key``, on its own page."""
+    page.get_by_text(key, exact=True).first.click()
+    page.wait_for_url("**/artifacts/artifact/**")

@@ -18,8 +18,14 @@ from playwright.sync_api import Page, expect
 from deployments.stack import StackState
 from tests.ui.browser import Steps
 from tests.ui.conftest import TERMINAL, Api
-from tests.ui.pages import open_artifacts, open_deployment, start_custom_run, submit_custom_run
-from tests.ui.test_run_forms import image_widths, open_artifact
+from tests.ui.pages import (
+    image_widths,
+    open_artifact,
+    open_artifacts,
+    open_deployment,
+    start_custom_run,
+    submit_custom_run,
+)
 
 pytestmark = pytest.mark.timeout(900)
 

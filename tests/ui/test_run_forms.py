@@ -17,6 +17,8 @@ from deployments.stack import StackState
 from tests.ui.browser import Steps
 from tests.ui.conftest import TERMINAL, Api
 from tests.ui.pages import (
+    image_widths,
+    open_artifact,
     open_artifacts,
     open_deployment,
     start_custom_run,
@@ -25,21 +27,6 @@ from tests.ui.pages import (
 )
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def image_widths(page: Page) -> list[int]:
-    """The natural width of every image on the page once each has loaded or failed."""
-    page.wait_for_function(
-        "() => [...document.images].length > 0 && [...document.images].every(i => i.complete)"
-    )
-    widths: list[int] = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-    return widths
-
-
-def open_artifact(page: Page, key: str) -> None:
-    """From the run's Artifacts tab, the artifact ``key``, on its own page."""
-    page.get_by_text(key, exact=True).first.click()
-    page.wait_for_url("**/artifacts/artifact/**")
 
 
 def test_batch_quick_run_with_validation_completes_and_shows_its_gallery(
