@@ -116,6 +116,11 @@ class Api:
             what=f"flow run {run_id} reaching {sorted(wanted)}",
         )
 
+    def resume(self, run_id: str, run_input: dict[str, Any]) -> None:
+        response = self.client.post(f"/flow_runs/{run_id}/resume", json={"run_input": run_input})
+        response.raise_for_status()
+        assert response.json()["status"] == "ACCEPT", response.json()
+
     def deployment(self, name: str) -> dict[str, Any]:
         response = self.client.get(f"/deployments/name/{name}")
         response.raise_for_status()

@@ -49,6 +49,34 @@ def test_batch_quick_run_with_validation_completes_and_shows_its_gallery(
     assert all(width > 0 for width in widths), widths
 
 
+@pytest.mark.parametrize(
+    ("flow_name", "ends_in"),
+    [
+        ("edit-image", "COMPLETED"),
+        ("merge-images", "COMPLETED"),
+        ("edit-each-image-with-p-image-edit", "COMPLETED"),
+        ("review-variations", "PAUSED"),  # it waits for a person: answered below
+    ],
+)
+def test_every_on_demand_deployment_runs_from_quick_run_and_its_defaults(
+    stack: StackState, api: Api, page: Page, steps: Steps, flow_name: str, ends_in: str
+) -> None:
+    deployment = api.deployment(f"{flow_name}/on-demand")
+    runs_before = api.runs_of(deployment["id"])
+    steps(
+        f"open {flow_name}",
+        lambda: open_deployment(page, stack.ui_url, flow_name, "on-demand"),
+    )
+    run_id = steps("Quick run with validation on", lambda: start_quick_run(page))
+
+    assert api.runs_of(deployment["id"]) == runs_before + 1
+    reached = api.wait_for_state(run_id, {ends_in, *TERMINAL})
+    assert reached == ends_in, api.flow_run(run_id)["state"]
+    if ends_in == "PAUSED":  # publish nothing, so the run ends and frees its worker
+        api.resume(run_id, {"publish": [], "note": ""})
+        assert api.wait_for_state(run_id, TERMINAL) == "COMPLETED"
+
+
 def test_two_step_custom_run_with_only_the_defaults_shows_every_step(
     stack: StackState, api: Api, page: Page, steps: Steps
 ) -> None:
