@@ -135,11 +135,17 @@ class ObjectStore:
         """Whether `presigned_url` gives URLs (S3 only)."""
         return self.protocol in ("s3", "s3a")
 
-    def presigned_url(self, key: str) -> str | None:
-        """A time-limited HTTPS URL that reads ``key`` without credentials; ``None`` off S3."""
+    def presigned_url(self, key: str, *, content_type: str | None = None) -> str | None:
+        """A time-limited HTTPS URL that reads ``key`` without credentials; ``None`` off S3.
+
+        Objects are stored without a content type, so S3 answers with
+        ``binary/octet-stream`` and a browser saves the file; ``content_type`` asks
+        S3 to answer with that type instead (a browser then shows an image).
+        """
         if not self.can_presign:
             return None
-        url: str = self.fs.url(self.path(key), expires=self.presign_expiry_s)
+        extra = {} if content_type is None else {"ResponseContentType": content_type}
+        url: str = self.fs.url(self.path(key), expires=self.presign_expiry_s, **extra)
         return url
 
     def presigned_url_for(self, url: str) -> str | None:

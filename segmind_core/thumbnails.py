@@ -155,18 +155,9 @@ def _stored_thumbnail(store: ObjectStore, key: str, thumbnail: bytes) -> str | N
 
 
 def _browser_url(store: ObjectStore, key: str) -> str | None:
-    """A presigned URL of ``key`` that a browser shows rather than saves; ``None`` off S3.
-
-    Objects are stored without a content type, so S3 answers a plain
-    `ObjectStore.presigned_url` with ``binary/octet-stream`` and a browser
-    saves the file; this URL asks S3 for the image's type instead.
-    """
-    if not store.can_presign:
-        return None
+    """A presigned URL of ``key`` that a browser shows rather than saves; ``None`` off S3."""
     content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-    path, lifetime = store.path(key), store.presign_expiry_s
-    url: str = store.fs.url(path, expires=lifetime, ResponseContentType=content_type)
-    return url
+    return store.presigned_url(key, content_type=content_type)
 
 
 def _data_uri(jpeg: bytes) -> str:
