@@ -20,6 +20,7 @@ from segmind_core.errors import AuthenticationError
 from segmind_core.fetch import display_url
 
 __all__ = [
+    "BASE_URL_ENV",
     "CONCURRENCY_LIMIT_ENV",
     "DEFAULT_CONCURRENCY_LIMIT",
     "QUEUE_ENV",
@@ -42,7 +43,9 @@ class SegmindCredentials(CredentialsBlock):
     The key is a secret: Prefect stores it encrypted and never shows it. Any
     field left empty falls back to the environment: ``SEGMIND_API_KEY`` for the
     key, ``SEGMIND_BASE_URL`` for the server root (default
-    ``https://api.segmind.com``; the client adds ``/v1/...``).
+    ``https://api.segmind.com``; the client adds ``/v1/...``). A value saved in
+    the block always wins over the environment; ``python -m deployments.setup``
+    always saves the server, so no worker's environment can send the key elsewhere.
 
     Example:
         Load saved credentials and call an endpoint:

@@ -2,12 +2,18 @@
 
 ``python -m deployments.setup`` (with ``PREFECT_API_URL`` set) makes sure that:
 
-- the process work pool `WORK_POOL` exists;
+- the process work pool `WORK_POOL` exists with the locked job template of
+  `deployments.work_pool_template` (a pool made earlier from Prefect's default
+  template is converged to it, and the job variables it no longer accepts are
+  dropped from the pool's deployments): a run's job variables cannot set the
+  worker's environment, command or working folder;
 - the block types `SegmindCredentials` and `ObjectStorage` are registered;
 - the block documents ``segmind-credentials`` and ``segmind-outputs`` are saved
   (the key from ``SEGMIND_API_KEY`` when set, else read on the worker; the
-  storage URL from ``--storage-url``; S3 secrets are never saved here: the
-  workers' AWS environment supplies them);
+  Segmind server always named, from ``--segmind-base-url``, else
+  ``SEGMIND_BASE_URL``, else Segmind's, so a worker's environment cannot send
+  the key elsewhere; the storage URL from ``--storage-url``; S3 secrets are
+  never saved here: the workers' AWS environment supplies them);
 - the global concurrency limit ``segmind`` exists with ``--concurrency`` slots
   (``SEGMIND_CONCURRENCY``, 4 by default): Segmind calls in flight;
 - with ``--rate-per-minute R``, the rate limit ``segmind-rate`` exists too (one
@@ -35,14 +41,21 @@ from prefect.client.schemas.actions import (
     DeploymentUpdate,
     GlobalConcurrencyLimitUpdate,
     WorkPoolCreate,
+    WorkPoolUpdate,
 )
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
-from prefect.workers.process import ProcessWorker
 
 from blocks.object_storage import ObjectStorage
-from blocks.segmind_credentials import SegmindCredentials
+from blocks.segmind_credentials import BASE_URL_ENV, SegmindCredentials
 from deployments.definitions import DEPLOYMENTS, WORK_POOL
+from deployments.work_pool_template import (
+    REFUSED_VARIABLES,
+    SAFE_VARIABLES,
+    locked_base_job_template,
+)
+from segmind_core.client import DEFAULT_BASE_URL
+from segmind_core.fetch import display_url
 from tasks.concurrency import DEFAULT_LIMIT, ensure_concurrency_limit, ensure_rate_limit
 
 __all__ = [
@@ -73,8 +86,8 @@ class SetupSettings:
             5, Pro about 50).
         storage_url: Base URL of the ``segmind-outputs`` block.
         storage_endpoint_url: S3-compatible endpoint of that block, if not AWS.
-        segmind_base_url: Segmind server of the ``segmind-credentials`` block
-            (empty: Segmind's own, or ``SEGMIND_BASE_URL`` on the worker).
+        segmind_base_url: Segmind server the ``segmind-credentials`` block names
+            (always saved: a worker's ``SEGMIND_BASE_URL`` cannot redirect the key).
         work_pool: Name of the process work pool.
         concurrency_limit: Name of the global concurrency limit (the credentials
             block's ``concurrency_limit`` must name the same).
@@ -90,7 +103,7 @@ class SetupSettings:
     rate_per_minute: float | None = None
     storage_url: str = "outputs"
     storage_endpoint_url: str | None = None
-    segmind_base_url: str | None = None
+    segmind_base_url: str = DEFAULT_BASE_URL
     work_pool: str = WORK_POOL
     concurrency_limit: str = CONCURRENCY_LIMIT
     point_deployments_at_blocks: bool = False
@@ -110,6 +123,7 @@ def set_up(settings: SetupSettings) -> list[str]:
             return point_deployments_at_blocks(client)
     with get_client(sync_client=True) as client:
         done.append(_work_pool(client, settings.work_pool))
+        done.extend(_drop_refused_job_variables(client, settings.work_pool))
         done.append(
             ensure_concurrency_limit(client, settings.concurrency, name=settings.concurrency_limit)
         )
@@ -138,7 +152,7 @@ def set_up(settings: SetupSettings) -> list[str]:
         rate_limit=None if settings.rate_per_minute is None else settings.rate_limit_name,
     ).save(CREDENTIALS_BLOCK, overwrite=True)
     done.append(
-        f"block {CREDENTIALS_BLOCK}: saved ("
+        f"block {CREDENTIALS_BLOCK}: saved (server {display_url(settings.segmind_base_url)}, "
         + ("with the key from SEGMIND_API_KEY" if api_key else "no key: read on the worker")
         + ")"
     )
@@ -199,20 +213,44 @@ def _all_deployments(client: SyncPrefectClient) -> list[DeploymentResponse]:
 
 
 def _work_pool(client: SyncPrefectClient, name: str) -> str:
+    """Create the process pool with the locked template, or converge an existing one to it."""
+    locked = locked_base_job_template()
     try:
         pool = client.read_work_pool(name)
     except ObjectNotFound:
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=name,
-                type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-            )
-        )
-        return f"work pool {name}: created (process)"
+        client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=locked))
+        return f"work pool {name}: created (process, locked job template)"
     if pool.type != "process":
         raise SystemExit(f"work pool {name} exists with type {pool.type!r}, not 'process'")
-    return f"work pool {name}: already there"
+    if pool.base_job_template == locked:
+        return f"work pool {name}: already there (locked job template)"
+    client.update_work_pool(name, WorkPoolUpdate(base_job_template=locked))
+    return (
+        f"work pool {name}: job template locked (a run's job variables can no longer set "
+        + ", ".join(REFUSED_VARIABLES)
+        + ")"
+    )
+
+
+def _drop_refused_job_variables(client: SyncPrefectClient, pool: str) -> list[str]:
+    """Remove from the pool's deployments every job variable the locked template refuses.
+
+    The worker would ignore them, but the server checks a deployment's job
+    variables with each run's: left in place, they would get every run refused.
+    """
+    done = []
+    for deployment in _all_deployments(client):
+        variables = deployment.job_variables or {}
+        refused = sorted(key for key in variables if key not in SAFE_VARIABLES)
+        if deployment.work_pool_name != pool or not refused:
+            continue
+        kept = {key: value for key, value in variables.items() if key in SAFE_VARIABLES}
+        client.update_deployment(deployment.id, DeploymentUpdate(job_variables=kept))
+        done.append(
+            f"deployment {deployment.name} of {deployment.entrypoint}: job variables "
+            f"{', '.join(refused)} dropped (the work pool refuses them)"
+        )
+    return done
 
 
 def _arguments(argv: Sequence[str] | None) -> SetupSettings:
@@ -229,7 +267,12 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
     parser.add_argument("--rate-per-minute", type=float, help="also cap calls per minute")
     parser.add_argument("--storage-url", default="outputs", help="base URL of segmind-outputs")
     parser.add_argument("--storage-endpoint-url", help="S3-compatible endpoint, if not AWS")
-    parser.add_argument("--segmind-base-url", help="Segmind server (the emulator's URL offline)")
+    parser.add_argument(
+        "--segmind-base-url",
+        default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+        help=f"Segmind server the credentials block names (default {BASE_URL_ENV}, "
+        f"else {DEFAULT_BASE_URL}; the emulator's URL offline)",
+    )
     parser.add_argument("--work-pool", default=WORK_POOL, help="process work pool name")
     parser.add_argument(
         "--limit-name", default=CONCURRENCY_LIMIT, help="global concurrency limit name"

@@ -26,8 +26,11 @@ from deployments.setup import (
     point_deployments_at_blocks,
     set_up,
 )
+from deployments.work_pool_template import locked_base_job_template
 from flows.edit_image import edit_image
-from tests.support import API_KEY
+from segmind_core.client import DEFAULT_BASE_URL
+from tests.conftest import EmulatorFactory
+from tests.support import API_KEY, emulator_stats, image_uri
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -62,8 +65,8 @@ def test_setup_creates_everything_then_changes_only_what_differs(
         ]
     )
 
-    assert f"work pool {pool}: created (process)" in first
-    assert f"work pool {pool}: already there" in second
+    assert f"work pool {pool}: created (process, locked job template)" in first
+    assert f"work pool {pool}: already there (locked job template)" in second
     assert any(line.startswith(f"concurrency limit {limit_name}:") for line in first)
     assert f"concurrency limit {limit_name}: already 3 slots" in second
     printed = capsys.readouterr().out
@@ -76,7 +79,7 @@ def test_setup_creates_everything_then_changes_only_what_differs(
         rate = client.read_global_concurrency_limit_by_name(f"{limit_name}-rate")
         pools = [p.name for p in client.read_work_pools()]
     assert work_pool.type == "process"
-    assert "command" in work_pool.base_job_template["job_configuration"]
+    assert work_pool.base_job_template == locked_base_job_template()
     assert pools.count(pool) == 1
     assert limit.limit == 5
     # The in-flight limit never decays (a decayed slot would free a call still running);
@@ -364,3 +367,31 @@ def test_reset_held_slots_frees_slots_a_restart_left_counted() -> None:
         after = client.read_global_concurrency_limit_by_name(name).active_slots
     assert (left, after) == (3, 0)
     assert f"concurrency limit {name}: no slot held" in said
+
+
+def test_the_saved_credentials_name_their_server_and_a_workers_environment_cannot_move_it(
+    start_emulator: EmulatorFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ours, elsewhere = start_emulator(), start_emulator(api_key="another-servers-key")
+    monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
+    monkeypatch.setenv("SEGMIND_BASE_URL", ours.url)  # the shell setup runs in
+    common = ["--work-pool", POINT_POOL, "--limit-name", POINT_LIMIT]
+    main([*common, "--storage-url", "memory://server-test"])
+    said = capsys.readouterr().out
+    # A worker whose environment names another server, as a run's job variables could.
+    monkeypatch.setenv("SEGMIND_BASE_URL", elsewhere.url)
+
+    credentials = SegmindCredentials.load(CREDENTIALS_BLOCK)
+    with credentials.get_client() as client:
+        client.generate("p-image-edit", {"prompt": "blue", "image_urls": [image_uri()]})
+
+    assert credentials.base_url == ours.url
+    assert f"block {CREDENTIALS_BLOCK}: saved (server {ours.url}, with the key" in said
+    assert emulator_stats(ours.url)["billed"] == 1
+    assert emulator_stats(elsewhere.url)["requests"] == 0
+    # Without a server named anywhere, the block names Segmind's.
+    monkeypatch.delenv("SEGMIND_BASE_URL")
+    main([*common, "--storage-url", "memory://server-test"])
+    assert SegmindCredentials.load(CREDENTIALS_BLOCK).base_url == DEFAULT_BASE_URL
