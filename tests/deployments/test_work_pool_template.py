@@ -2,7 +2,8 @@
 
 Against Prefect's test server (a real server process): the pool that
 ``deployments.setup`` makes or converges, each override tried through the API
-(refused with 422 where the server checks job variables), and a real
+(refused with 422 where the server checks job variables, ``prefect deploy`` of a
+``prefect.yaml`` that sets ``env`` included), and a real
 ``prefect worker start`` process running flow runs whose overrides skipped the
 server's checks (``POST /flow_runs/`` checks none; ``PATCH /deployments/``
 checks none without a work pool name): the worker ignores them.
@@ -306,3 +307,44 @@ def run_worker_once(pool: str) -> subprocess.CompletedProcess[str]:
         timeout=240,
         check=False,
     )
+
+
+def test_prefect_deploy_refuses_a_prefect_yaml_that_sets_a_runs_environment(
+    pool: str, tmp_path: Path
+) -> None:
+    set_up(settings(pool))
+    (tmp_path / "probe.py").write_text(textwrap.dedent(PROBE))
+    (tmp_path / "prefect.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: reintroduces-env
+            deployments:
+              - name: probe
+                entrypoint: probe.py:probe
+                work_pool:
+                  name: {pool}
+                  job_variables:
+                    env:
+                      SEGMIND_BASE_URL: {RUN_SERVER}
+            """
+        )
+    )
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    prefect = str(Path(sys.executable).parent / "prefect")
+
+    deployed = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+    assert deployed.returncode != 0, deployed.stdout
+    assert "Additional properties are not allowed ('env' was unexpected)" in (
+        deployed.stdout + deployed.stderr
+    )
+    with get_client(sync_client=True) as client:
+        assert not [d for d in client.read_deployments() if d.work_pool_name == pool]
