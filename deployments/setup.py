@@ -292,6 +292,8 @@ def _arguments(argv: Sequence[str] | None) -> SetupSettings:
         parser.error("--concurrency must be at least 1")
     if args.rate_per_minute is not None and args.rate_per_minute <= 0:
         parser.error("--rate-per-minute must be above 0")
+    if not args.segmind_base_url.strip():
+        parser.error("--segmind-base-url must name a server (empty would let workers choose)")
     return SetupSettings(
         concurrency=args.concurrency,
         rate_per_minute=args.rate_per_minute,

@@ -104,6 +104,13 @@ def test_setup_refuses_a_concurrency_below_one() -> None:
     assert refused.value.code == 2
 
 
+def test_setup_refuses_an_empty_segmind_server(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["--segmind-base-url", " ", "--limit-name", "never-created"])
+    assert refused.value.code == 2
+    assert "--segmind-base-url must name a server" in capsys.readouterr().err
+
+
 # --- --point-deployments-at-blocks ---------------------------------------------------
 # Names of their own again; every deployment a test creates is deleted after it, so
 # the project's entrypoints have no deployment outside these tests.
