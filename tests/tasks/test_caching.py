@@ -704,6 +704,7 @@ def test_a_planted_record_runs_nothing_and_the_task_returns_its_stored_output(
     tmp_path: Path,
     where: str,
     serializer: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     marker = tmp_path / "the-record-ran-code"
     storage: ObjectStorage
@@ -720,8 +721,8 @@ def test_a_planted_record_runs_nothing_and_the_task_returns_its_stored_output(
         read, write = (lambda: storage.read_path(key)), (lambda d: storage.write_path(key, d))
     else:
         assert isinstance(records, Path)
-        path = records / f"{key}-{storage_location_tag(storage)}"
-        read, write = path.read_bytes, path.write_bytes
+        key += f"-{storage_location_tag(storage)}"  # unsaved storage: the key names it
+        read, write = (records / key).read_bytes, (records / key).write_bytes
     assert json.loads(read())["result"]  # the record the next run looks up is there
 
     write(planted_record(serializer, marker))
@@ -732,6 +733,13 @@ def test_a_planted_record_runs_nothing_and_the_task_returns_its_stored_output(
     result = again.result()
     assert (result.url, result.sha256, result.reused) == (first.url, first.sha256, True)
     assert billed(keyed_emulator) == 1
+    refusals = [
+        r.getMessage() for r in caplog.records if "ignored (its serializer" in r.getMessage()
+    ]
+    assert refusals == [
+        f"Cache record {key} ignored (its serializer is '{serializer}',"
+        f" not '{SERIALIZER_TYPE}'); the task runs instead."
+    ]
     # The planted record was replaced by the task's own.
     document = json.loads(read())
     assert document["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
@@ -785,3 +793,20 @@ def test_a_record_whose_image_was_deleted_is_not_served(
     again = run_edit(block, credentials)
 
     assert again.name == "Completed", "a record of a deleted image was served"
+
+
+def test_a_local_folder_record_of_a_deleted_output_is_not_served(
+    credentials: SegmindCredentials, keyed_emulator: SegmindEmulator, tmp_path: Path
+) -> None:
+    storage = ObjectStorage(base_url=str(tmp_path / "outputs"))
+    records = record_storage(storage)  # its .prefect-records folder, as the flows use it
+    first = run_edit(storage, credentials, records=records).result()
+    for key in (first.key, first.key + SIDECAR_SUFFIX):
+        (tmp_path / "outputs" / key).unlink()
+
+    again = run_edit(storage, credentials, records=records)
+
+    assert again.name == "Completed", "a record of a deleted output was served"
+    result = again.result()
+    assert (billed(keyed_emulator), result.reused, result.url) == (2, False, first.url)
+    assert hashlib.sha256(Path(result.url).read_bytes()).hexdigest() == result.sha256
