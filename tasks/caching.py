@@ -104,16 +104,20 @@ class SegmindRequestCachePolicy(CachePolicy):
             spec = self.build_spec(inputs)
             if spec.fixed_seed() is None:
                 return None
-            storage = inputs.get("storage")
-            store = storage.get_store() if storage is not None else None
+            given = inputs.get("storage")
+            storage = given if given is not None else ObjectStorage()
+            store = given.get_store() if given is not None else None
             key = "segmind-" + request_digest(spec, input_identities(spec, store))
-            if storage is None or storage._block_document_id is None:
-                key += "-" + storage_location_tag(storage or ObjectStorage())
+            if storage._block_document_id is None:
+                key += "-" + storage_location_tag(storage)
         except (SegmindError, ValueError, OSError):
             return None
-        # Prefect opens the transaction with the task run's store right after this.
+        # Prefect looks the key up through the task run's store right after this,
+        # under the key's lock. Every record passes there, whatever holds it (the
+        # block, a .prefect-records folder, Prefect's local storage), so that is
+        # where records are read as JSON only and checked against the storage.
         task_ctx.result_store = SegmindResultStore.guarding(
-            task_ctx.result_store, still_stored_in((storage or ObjectStorage()).get_store())
+            task_ctx.result_store, still_stored_in(storage.get_store())
         )
         return key
 
