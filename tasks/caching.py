@@ -15,12 +15,20 @@ names the location: a request paid into one folder or bucket is never
 missing there). The policy is configured SERIALIZABLE with an
 in-process lock manager: identical requests submitted concurrently in one
 flow run wait for the first and are paid once.
+
+Records are looked up through `tasks.result_records.SegmindResultStore`, which
+the policy puts in place of the task run's result store when it returns a key:
+a record is served only if it is JSON of an `EditResult` written by our
+serializer (never a pickle or another serializer a planted record names) and
+the image and sidecar it names are still in the task's storage. Anything else
+is a miss, and the task runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,15 +41,19 @@ from prefect.transactions import IsolationLevel
 
 from blocks.object_storage import ObjectStorage
 from segmind_core.errors import SegmindError
+from segmind_core.generation import EditResult
 from segmind_core.images import ImageInput, image_identity
 from segmind_core.object_store import ObjectStore
+from segmind_core.outputs import SIDECAR_SUFFIX
 from segmind_core.request_spec import RequestSpec, request_digest
+from tasks.result_records import SegmindResultStore
 
 __all__ = [
     "SHARED_LOCKS",
     "SegmindRequestCachePolicy",
     "input_identities",
     "request_cache_policy",
+    "still_stored_in",
     "storage_location_tag",
 ]
 
@@ -92,14 +104,37 @@ class SegmindRequestCachePolicy(CachePolicy):
             spec = self.build_spec(inputs)
             if spec.fixed_seed() is None:
                 return None
-            storage = inputs.get("storage")
-            store = storage.get_store() if storage is not None else None
+            given = inputs.get("storage")
+            storage = given if given is not None else ObjectStorage()
+            store = given.get_store() if given is not None else None
             key = "segmind-" + request_digest(spec, input_identities(spec, store))
-            if storage is None or storage._block_document_id is None:
-                key += "-" + storage_location_tag(storage or ObjectStorage())
-            return key
+            if storage._block_document_id is None:
+                key += "-" + storage_location_tag(storage)
         except (SegmindError, ValueError, OSError):
             return None
+        # Prefect looks the key up through the task run's store right after this,
+        # under the key's lock. Every record passes there, whatever holds it (the
+        # block, a .prefect-records folder, Prefect's local storage), so that is
+        # where records are read as JSON only and checked against the storage.
+        task_ctx.result_store = SegmindResultStore.guarding(
+            task_ctx.result_store, still_stored_in(storage.get_store())
+        )
+        return key
+
+
+def still_stored_in(store: ObjectStore) -> Callable[[EditResult], bool]:
+    """Whether a result's image and sidecar are in ``store`` now (not in a cached listing)."""
+
+    def check(result: EditResult) -> bool:
+        if store.url(result.key) != result.url:
+            return False  # a record of another storage
+        for key in (result.key, result.key + SIDECAR_SUFFIX):
+            store.fs.invalidate_cache(posixpath.dirname(store.path(key)))
+            if not store.exists(key):
+                return False
+        return True
+
+    return check
 
 
 def storage_location_tag(storage: ObjectStorage) -> str:

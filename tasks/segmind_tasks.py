@@ -10,7 +10,9 @@ it was made, never the image bytes and never the key.
 Caching (`tasks.caching`): a task with a pinned seed is keyed by its request
 digest; with ``persist_result=True`` and ``result_storage`` set to the storage
 block, a second run, process or worker is served from the record without a
-call. Without a seed, one is drawn, recorded, and never served from cache.
+call. Records are JSON of the `EditResult` and are served only while its image
+and sidecar are stored (`tasks.result_records`). Without a seed, one is drawn,
+recorded, and never served from cache.
 
 Retries happen at two levels, and their product bounds the total:
 
@@ -53,6 +55,7 @@ from segmind_core.outputs import OutputStore
 from segmind_core.request_spec import RequestSpec
 from tasks.caching import request_cache_policy
 from tasks.concurrency import flow_run_call_gate, segmind_call_slot
+from tasks.result_records import EditResultSerializer
 
 __all__ = [
     "TASK_RETRIES",
@@ -92,6 +95,8 @@ def _task_options(build_spec: Callable[[dict[str, Any]], RequestSpec]) -> dict[s
         "retry_condition_fn": retry_transient_errors,
         "cache_policy": request_cache_policy(build_spec),
         "persist_result": True,
+        # Records are JSON of the EditResult, read without running code (tasks.result_records).
+        "result_serializer": EditResultSerializer(),
     }
 
 

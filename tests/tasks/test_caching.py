@@ -1,8 +1,9 @@
 """Caching of the endpoint tasks: records on S3 (moto) beside the outputs, keyed by the request.
 
 Every test uses a saved `ObjectStorage` block on its own prefix of the bucket as
-both the output storage and the Prefect result storage, and an emulator on
-127.0.0.1 whose counters say what was paid.
+both the output storage and the Prefect result storage (some also an unsaved
+local folder, whose records the flows keep in ``.prefect-records``), and an
+emulator on 127.0.0.1 whose counters say what was paid.
 """
 
 from __future__ import annotations
@@ -34,16 +35,21 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import State
 from prefect.logging.handlers import APILogHandler
-from prefect.results import ResultRecord
+from prefect.results import ResultRecord, ResultRecordMetadata
+from prefect.serializers import JSONSerializer, PickleSerializer
+from pydantic import BaseModel, model_validator
 
 import segmind_core.images as images
 from blocks import ObjectStorage, SegmindCredentials
 from emulator import SegmindEmulator
+from flows.common import record_storage
 from flows.replace_background_then_merge import replace_background_then_merge
 from segmind_core.images import InvalidInputImageError
 from segmind_core.outputs import SIDECAR_SUFFIX
 from segmind_core.thumbnails import THUMBNAILS_FOLDER
 from tasks import EditResult, edit_image_with_kontext_pro
+from tasks.caching import storage_location_tag
+from tasks.result_records import SERIALIZER_TYPE
 from tests.conftest import EmulatorFactory, S3Server
 from tests.support import file_server, image_bytes, wait_until
 
@@ -125,9 +131,13 @@ def run_edit(
     image: Any = COFFEE,
     seed: int | None = 5,
     prompt: str = "on a beach",
+    records: Any = None,
 ) -> State[EditResult]:
-    """One edit in its own flow run; returns the task's final state."""
-    chosen = (task or edit).with_options(result_storage=block)
+    """One edit into ``block`` in its own flow run; returns the task's final state.
+
+    The records go to ``records`` when given, else into ``block``.
+    """
+    chosen = (task or edit).with_options(result_storage=block if records is None else records)
 
     def body() -> State[EditResult]:
         state: State[EditResult] = chosen(
@@ -625,3 +635,178 @@ def test_check_d_the_storage_secret_is_in_no_repr_log_object_state_or_result(
     for text in sidecar_texts:
         assert secret not in text
         assert "SECRET" not in text
+
+
+# Records are JSON of the EditResult, and nothing in a record is run ---------------------------
+
+
+class Tripwire(BaseModel):
+    """Creates the file ``marker`` when validated: what Prefect's JSON decoder would build."""
+
+    marker: str
+
+    @model_validator(mode="after")
+    def touch(self) -> Tripwire:
+        Path(self.marker).touch()
+        return self
+
+
+class TouchOnUnpickle:
+    """Creates the file ``marker`` when unpickled: a planted record's payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def planted_record(serializer: str, marker: Path) -> bytes:
+    """A record as Prefect itself writes one, whose result creates ``marker`` when read."""
+    record: ResultRecord[Any]
+    if serializer == "pickle":
+        record = ResultRecord(
+            metadata=ResultRecordMetadata(serializer=PickleSerializer()),
+            result=TouchOnUnpickle(marker),
+        )
+    else:
+        record = ResultRecord(
+            metadata=ResultRecordMetadata(serializer=JSONSerializer()),
+            result=Tripwire.model_construct(marker=str(marker)),
+        )
+    data = record.serialize()
+    # The payload is live: Prefect's own reader runs it.
+    ResultRecord.deserialize(data)
+    assert marker.exists()
+    marker.unlink()
+    return data
+
+
+def test_a_record_is_json_of_the_edit_result(
+    block: ObjectStorage, credentials: SegmindCredentials, keyed_emulator: SegmindEmulator
+) -> None:
+    result = run_edit(block, credentials).result()
+
+    document = json.loads(block.read_path(f"segmind-{result.request_digest}"))
+    assert document["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
+    assert EditResult.model_validate_json(document["result"]) == result
+
+
+@pytest.mark.parametrize(
+    ("where", "serializer"),
+    [("saved block", "pickle"), ("saved block", "json"), ("local folder", "pickle")],
+)
+def test_a_planted_record_runs_nothing_and_the_task_returns_its_stored_output(
+    s3: S3Server,
+    keyed_emulator: SegmindEmulator,
+    credentials: SegmindCredentials,
+    prefix: str,
+    tmp_path: Path,
+    where: str,
+    serializer: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "the-record-ran-code"
+    storage: ObjectStorage
+    if where == "saved block":
+        name = unique("planted")
+        block_for(s3, f"s3://outputs/{prefix}").save(name)
+        storage = ObjectStorage.load(name)
+    else:  # unsaved: the flows keep its records in its .prefect-records folder
+        storage = ObjectStorage(base_url=str(tmp_path / "outputs"))
+    records = record_storage(storage)
+    first = run_edit(storage, credentials, records=records).result()
+    key = f"segmind-{first.request_digest}"
+    if where == "saved block":
+        read, write = (lambda: storage.read_path(key)), (lambda d: storage.write_path(key, d))
+    else:
+        assert isinstance(records, Path)
+        key += f"-{storage_location_tag(storage)}"  # unsaved storage: the key names it
+        read, write = (records / key).read_bytes, (records / key).write_bytes
+    assert json.loads(read())["result"]  # the record the next run looks up is there
+
+    write(planted_record(serializer, marker))
+    again = run_edit(storage, credentials, records=records)
+
+    assert not marker.exists(), "reading the cache record ran its code"
+    assert again.name == "Completed"  # a miss: the task ran and found its stored output
+    result = again.result()
+    assert (result.url, result.sha256, result.reused) == (first.url, first.sha256, True)
+    assert billed(keyed_emulator) == 1
+    refusals = [
+        r.getMessage() for r in caplog.records if "ignored (its serializer" in r.getMessage()
+    ]
+    assert refusals == [
+        f"Cache record {key} ignored (its serializer is '{serializer}',"
+        f" not '{SERIALIZER_TYPE}'); the task runs instead."
+    ]
+    # The planted record was replaced by the task's own.
+    document = json.loads(read())
+    assert document["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
+    assert EditResult.model_validate_json(document["result"]) == result
+
+
+def delete_objects(s3: S3Server, prefix: str, *keys: str) -> None:
+    client = s3.client()
+    for key in keys:
+        client.delete_object(Bucket="outputs", Key=f"{prefix}/{key}")
+
+
+@pytest.mark.parametrize("deleted", ["image and sidecar", "sidecar"])
+def test_a_record_of_a_deleted_output_is_not_served_and_the_output_is_paid_for_again(
+    block: ObjectStorage,
+    credentials: SegmindCredentials,
+    keyed_emulator: SegmindEmulator,
+    s3: S3Server,
+    prefix: str,
+    deleted: str,
+) -> None:
+    first = run_edit(block, credentials).result()
+    keys = {"image and sidecar": [first.key, first.key + SIDECAR_SUFFIX]}
+    delete_objects(s3, prefix, *keys.get(deleted, [first.key + SIDECAR_SUFFIX]))
+
+    again = run_edit(block, credentials)
+
+    assert again.name == "Completed", "a record of a deleted output was served"
+    result = again.result()
+    assert (billed(keyed_emulator), result.reused, result.cost_usd) == (2, False, Decimal("0.05"))
+    assert result.url == first.url
+    objects = bucket_objects(s3, f"{prefix}/")
+    image = objects[f"{prefix}/{result.key}"]
+    assert hashlib.sha256(image).hexdigest() == result.sha256
+    assert json.loads(objects[f"{prefix}/{result.key}{SIDECAR_SUFFIX}"])["seed"] == 5
+    assert cache_record(block, result).result == result
+
+
+def test_a_record_whose_image_was_deleted_is_not_served(
+    block: ObjectStorage,
+    credentials: SegmindCredentials,
+    keyed_emulator: SegmindEmulator,
+    s3: S3Server,
+    prefix: str,
+) -> None:
+    # What the task then does with the sidecar left behind is generate_and_store's
+    # business (tests/segmind_core): the cache record is not served.
+    first = run_edit(block, credentials).result()
+    delete_objects(s3, prefix, first.key)
+
+    again = run_edit(block, credentials)
+
+    assert again.name == "Completed", "a record of a deleted image was served"
+
+
+def test_a_local_folder_record_of_a_deleted_output_is_not_served(
+    credentials: SegmindCredentials, keyed_emulator: SegmindEmulator, tmp_path: Path
+) -> None:
+    storage = ObjectStorage(base_url=str(tmp_path / "outputs"))
+    records = record_storage(storage)  # its .prefect-records folder, as the flows use it
+    first = run_edit(storage, credentials, records=records).result()
+    for key in (first.key, first.key + SIDECAR_SUFFIX):
+        (tmp_path / "outputs" / key).unlink()
+
+    again = run_edit(storage, credentials, records=records)
+
+    assert again.name == "Completed", "a record of a deleted output was served"
+    result = again.result()
+    assert (billed(keyed_emulator), result.reused, result.url) == (2, False, first.url)
+    assert hashlib.sha256(Path(result.url).read_bytes()).hexdigest() == result.sha256
