@@ -521,12 +521,12 @@ def test_a_pending_record_of_another_service_is_not_resumed_and_is_kept(
     first = start_emulator(api_key=KEY)
     interrupt("crash-while-polling", first, spec(seed=7), outputs)
     record = pending_of(outputs)
-    assert record["service"] == service_root(first.url)
     other = start_emulator(api_key=KEY)
 
     with queue_client(other.url) as client:
         result = run(client, spec(seed=7), outputs)
 
+    assert record["service"] == service_root(first.url)
     assert not result.reused
     assert sidecar(outputs, result.key)["service"] == service_root(other.url)
     assert settled(other)["billed"] == 1, "the other service made (and billed) its own"
@@ -555,11 +555,11 @@ def test_a_run_killed_after_submitting_is_resumed_on_the_next_utc_day(
             client, spec(seed=7), outputs, flow_name=FLOW, day=DAY + timedelta(days=1), job_id=JOB
         )
 
+    snap = settled(emulator)
+    assert (snap["requests"], snap["billed"]) == (1, 1), "resumed, not submitted again"
     assert not result.reused
     assert result.key == OUTPUT_KEY, "stored where the paying run meant it to go"
     assert sidecar(outputs)["request_id"] == record["request_id"]
-    snap = settled(emulator)
-    assert (snap["requests"], snap["billed"]) == (1, 1), "resumed, not submitted again"
     assert not [k for k in objects(outputs) if k.startswith(PENDING_PREFIX)]
 
 
