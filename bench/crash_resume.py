@@ -326,8 +326,10 @@ def take_inventory(objects: Objects, row_ids: Sequence[str], flow: str = "batch"
 def _sort_pending(
     inventory: Inventory, key: str, parts: Sequence[str], ids: set[str], flow: str
 ) -> None:
-    """File a key under ``_queue/``: ``{service}/{flow}/{id}.{ext}.json`` (``{flow}/{day}/...``
-    before records were keyed without the date) or ``expired/...``."""
+    """File a key under ``_queue/``: ``{service}/{flow}/{id}.{ext}.json`` or ``expired/...``.
+
+    Records made before they were keyed without the date are ``{flow}/{day}/{id}.{ext}.json``.
+    """
     if parts and parts[0] == "expired":
         inventory.set_aside.append(key)
         return

@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -128,7 +129,12 @@ def default_spill_dir() -> Path:
     configured = os.environ.get(SPILL_DIR_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not cache:
+        try:
+            cache = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (a bare container user)
+            cache = tempfile.gettempdir()
     return Path(cache) / "segmind-prefect" / "unstored"
 
 
