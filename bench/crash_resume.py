@@ -326,15 +326,19 @@ def take_inventory(objects: Objects, row_ids: Sequence[str], flow: str = "batch"
 def _sort_pending(
     inventory: Inventory, key: str, parts: Sequence[str], ids: set[str], flow: str
 ) -> None:
-    """File a key under ``_queue/``: ``{flow}/{day}/{id}.{ext}.json`` or ``expired/...``."""
+    """File a key under ``_queue/``: ``{service}/{flow}/{id}.{ext}.json`` or ``expired/...``.
+
+    Records made before they were keyed without the date are ``{flow}/{day}/{id}.{ext}.json``.
+    """
     if parts and parts[0] == "expired":
         inventory.set_aside.append(key)
         return
     name = parts[-1] if parts else ""
     in_day = len(parts) == 3 and parts[0] == flow and _DAY.fullmatch(parts[1]) is not None
+    of_service = len(parts) == 3 and parts[1] == flow
     row_id = (
         _row_id(name[: -len(SIDECAR_SUFFIX)], ids)
-        if in_day and name.endswith(SIDECAR_SUFFIX)
+        if (in_day or of_service) and name.endswith(SIDECAR_SUFFIX)
         else None
     )
     if row_id is None:

@@ -10,6 +10,10 @@ image, and retries transient failures:
 - 500, 502, 503, 504, timeouts, refused, reset or truncated connections and
   undecodable bodies: exponential backoff with jitter.
 
+A complete 200 whose image decodes is paid for and never asked again: one in a
+format that is not stored (WEBP, GIF...) is converted to the format the request
+asked for, and `GeneratedImage.converted_from` says so.
+
 With ``queue=True`` the client goes through Segmind's v2 queue instead:
 ``POST /v2/{slug}`` returns a request id (told to ``on_submitted`` at once, so
 a caller can persist it), then the status is polled until the request is
@@ -77,6 +81,7 @@ __all__ = [
     "SegmindClient",
     "checked_api_key",
     "resuming_paid_request",
+    "service_root",
 ]
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
@@ -183,6 +188,8 @@ class GeneratedImage:
         attempts: HTTP attempts made (queue mode: submissions, status polls and
             result fetches, a fetch counting once with its download).
         request_id: The service's request id, if it sent one.
+        converted_from: The format the service answered in (``webp``...) when the
+            image was converted to ``format`` because that one is not stored.
     """
 
     slug: str
@@ -197,6 +204,28 @@ class GeneratedImage:
     latency_s: float
     attempts: int
     request_id: str | None
+    converted_from: str | None = None
+
+
+def service_root(base_url: str) -> str:
+    """The identity of the service a base URL names: ``scheme://host[:port][/path]``.
+
+    Lower-case scheme and host, no default port, user info, query or trailing
+    slash: what a sidecar records as the service that made an image (never a
+    credential that a URL may carry).
+    """
+    parts = urlsplit(base_url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = host if port is None or port == default else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def checked_api_key(api_key: str | SecretStr, label: str) -> SecretStr:
@@ -282,6 +311,7 @@ class SegmindClient:
     ) -> None:
         self._api_key = checked_api_key(api_key, credentials_label)
         self.base_url = base_url.rstrip("/")
+        self.service = service_root(self.base_url)
         self.queue = queue
         self.poll_interval_s = poll_interval_s
         self.queue_timeout_s = queue_timeout_s
@@ -648,10 +678,21 @@ class SegmindClient:
             ) from None
         fmt = _PILLOW_TO_FORMAT.get(pillow_format or "")
         if fmt is None:
-            raise BadImageError(
-                f"Segmind answered with a {pillow_format} image, not PNG or JPEG",
-                status=200,
+            # Complete and decodable, so paid for: converted, never asked again.
+            wanted = request.image_format()
+            self._logger.warning(
+                "Segmind %s answered with a %s image; stored converted to %s (not asked again)",
+                slug,
+                pillow_format,
+                wanted.value,
             )
+            return {
+                "image": _converted(content, wanted, slug),
+                "format": wanted,
+                "width": width,
+                "height": height,
+                "converted_from": str(pillow_format or "unknown").lower(),
+            }
         if fmt is not request.image_format():
             # Paid for already: keep it, record what it really is, and say so.
             self._logger.warning(
@@ -702,6 +743,28 @@ class SegmindClient:
         if status in (500, 502, 503, 504):
             return ServerError(f"{status} from Segmind{said}", **common)
         return UnexpectedResponseError(f"{status} from Segmind: unexpected answer{said}", **common)
+
+
+def _converted(content: bytes, target: OutputFormat, slug: str) -> bytes:
+    """``content`` (a decodable image) encoded as ``target``; the first frame of an animation.
+
+    Raises:
+        UnexpectedResponseError: Pillow cannot convert it (permanent: never asked again).
+    """
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            mode = "RGBA" if alpha and target is OutputFormat.PNG else "RGB"
+            out = io.BytesIO()
+            image.convert(mode).save(out, format="PNG" if target is OutputFormat.PNG else "JPEG")
+    except (OSError, ValueError) as exc:
+        raise UnexpectedResponseError(
+            f"Segmind's 200 answer decodes but cannot be converted to {target.value} "
+            f"({type(exc).__name__}: {exc}); it was paid for, so it is not asked again",
+            status=200,
+            slug=slug,
+        ) from None
+    return out.getvalue()
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

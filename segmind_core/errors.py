@@ -14,7 +14,9 @@ The tree::
         ├── ServerError              500, 502, 503, 504
         ├── NetworkError             timeouts, refused or dropped connections,
         │                            truncated bodies
-        └── BadImageError            a 200 whose body is not a decodable image
+        ├── BadImageError            a 200 whose body is not a decodable image
+        └── OutputNotStoredError     a paid image storage refused after retries:
+                                     kept on local disk, stored by the next attempt
 
 The client retries `TransientError` itself; a `TransientError` that escapes it
 means the retry budget ran out (``attempts`` says how many were made).
@@ -35,6 +37,7 @@ __all__ = [
     "CallNotMadeError",
     "InsufficientCreditsError",
     "NetworkError",
+    "OutputNotStoredError",
     "PermanentError",
     "QueuedResultExpiredError",
     "RateLimitedError",
@@ -163,7 +166,22 @@ class NetworkError(TransientError):
 
 
 class BadImageError(TransientError):
-    """A 200 whose body is not an image in the expected format."""
+    """A 200 whose body is not a decodable image (cut short, or not an image at all)."""
+
+
+class OutputNotStoredError(TransientError):
+    """A paid image that the output storage refused for the whole retry budget.
+
+    Transient so that a task retry tries again: the image is kept on local disk
+    (``spill_path``), and the next attempt on this machine stores it from there
+    without calling the service. ``spill_path`` is ``None`` when even that failed
+    (the message then says the image is lost).
+
+    Attributes:
+        spill_path: The local file holding the image, if it could be written.
+    """
+
+    spill_path: str | None = None
 
 
 class QueuedResultExpiredError(PermanentError):

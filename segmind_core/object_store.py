@@ -126,6 +126,18 @@ class ObjectStore:
         data: bytes = self.fs.cat_file(self.path(key))
         return data
 
+    def size(self, key: str) -> int | None:
+        """The length of the object under ``key``, asked of the storage now; ``None`` if absent."""
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        if info.get("type") == "directory":
+            return None
+        return int(info["size"])
+
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
         return bool(self.fs.exists(self.path(key)))

@@ -7,6 +7,7 @@ small scripted server on 127.0.0.1, so they too cross a real socket.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -25,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from emulator import SegmindEmulator
 from emulator.config import FaultKind
@@ -36,6 +38,7 @@ from segmind_core.client import (
     RetryPolicy,
     SegmindClient,
     parse_retry_after,
+    service_root,
 )
 from segmind_core.contract import (
     ENDPOINTS,
@@ -616,15 +619,66 @@ def test_a_200_that_is_not_an_image_is_bad_image() -> None:
     assert len(seen) == 3
 
 
-def test_a_200_with_a_gif_is_bad_image() -> None:
-    replies = [Reply(200, image_bytes(size=(8, 8), fmt="GIF"), "image/gif")]
-    policy = RetryPolicy(1, 60, 0.01, 0.02)
-    with (
-        scripted_server(replies) as (url, _seen),
-        make_client(url, retry=policy) as client,
-        pytest.raises(BadImageError, match="GIF image, not PNG or JPEG"),
-    ):
-        client.generate("p-image-edit", P_BODY)
+def encoded(pil_format: str, size: tuple[int, int], mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    color: int | tuple[int, ...] = 3 if mode == "P" else (200, 40, 90, 128)[: len(mode)]
+    Image.new(mode, size, color).save(out, format=pil_format)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("pil_format", "mode", "slug", "body", "stored_as"),
+    [
+        ("WEBP", "RGB", "p-image-edit", P_BODY, "PNG"),
+        ("WEBP", "RGBA", "p-image-edit", P_BODY, "PNG"),
+        ("WEBP", "RGBA", "flux-kontext-pro", {"prompt": "x", "output_format": "jpg"}, "JPEG"),
+        ("GIF", "P", "p-image-edit", P_BODY, "PNG"),
+    ],
+    ids=["webp-png", "webp-alpha-png", "webp-alpha-jpg", "gif-png"],
+)
+def test_a_complete_200_in_a_format_not_stored_is_converted_never_asked_again(
+    caplog: pytest.LogCaptureFixture,
+    pil_format: str,
+    mode: str,
+    slug: str,
+    body: dict[str, Any],
+    stored_as: str,
+) -> None:
+    """BUG: a decodable WEBP 200 (paid for) was retried as transient: 6 paid calls."""
+    caplog.set_level(logging.WARNING, logger="tests.segmind_core.client")
+    replies = [Reply(200, encoded(pil_format, (40, 30), mode), f"image/{pil_format.lower()}")]
+    with scripted_server(replies) as (url, seen), make_client(url) as client:
+        result = client.generate(slug, body)
+
+    assert len(seen) == 1, "paid once, asked once"
+    assert result.attempts == 1
+    assert decode(result.image).format == stored_as
+    expected = OutputFormat.PNG if stored_as == "PNG" else OutputFormat.JPG
+    assert result.format is expected
+    assert (result.width, result.height) == decode(result.image).size == (40, 30)
+    assert result.converted_from == pil_format.lower()
+    assert f"answered with a {pil_format} image" in caplog.text
+
+
+def test_a_png_or_jpeg_answer_is_not_converted() -> None:
+    with scripted_server([png_reply((20, 10))]) as (url, _), make_client(url) as client:
+        result = client.generate("p-image-edit", P_BODY)
+    assert result.converted_from is None
+
+
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        ("https://api.segmind.com", "https://api.segmind.com"),
+        ("https://API.Segmind.com:443/", "https://api.segmind.com"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+        ("http://user:SECRET@proxy.local:80/segmind/?token=SECRET", "http://proxy.local/segmind"),
+    ],
+)
+def test_service_root_names_the_service_without_credentials(base_url: str, root: str) -> None:
+    assert service_root(base_url) == root
+    with SegmindClient(SECRET, base_url=base_url) as client:
+        assert client.service == root
 
 
 def test_a_bad_image_then_a_good_one_succeeds() -> None:

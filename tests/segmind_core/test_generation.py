@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 
 import segmind_core.images as images
 from emulator import SegmindEmulator
 from segmind_core.client import GeneratedImage, SegmindClient
 from segmind_core.contract import SegmindRequest
+from segmind_core.errors import OutputNotStoredError, TransientError
 from segmind_core.generation import EditResult, generate_and_store
 from segmind_core.images import InvalidInputImageError
 from segmind_core.object_store import ObjectStore
-from segmind_core.outputs import SIDECAR_SUFFIX, OutputStore
+from segmind_core.outputs import SIDECAR_SUFFIX, SPILL_DIR_ENV, OutputStore, StorageRetry
 from segmind_core.request_spec import RequestSpec
 from tests.conftest import EmulatorFactory, S3Server
-from tests.support import data_uri, decode, file_server, image_bytes
+from tests.support import data_uri, decode, file_server, image_bytes, serving
 
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 COFFEE = PHOTOS / "coffee.jpg"  # 600x400
@@ -539,51 +545,360 @@ def test_an_oversized_s3_input_fails_before_any_request(
     assert keyed_emulator.stats()["requests"] == 0
 
 
-# Crash between the image and its sidecar --------------------------------------------------
+# Storage that fails after the call was paid --------------------------------------------
+
+
+class FakeTime:
+    """A clock that moves only when slept on: storage retries without waiting."""
+
+    def __init__(self, on_sleep: Callable[[float], None] | None = None) -> None:
+        self.now = 0.0
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self.now)
+
+    def retry(self) -> StorageRetry:
+        return StorageRetry(sleep=self.sleep, clock=lambda: self.now)
 
 
 @dataclass
-class SidecarFailingStore(ObjectStore):
-    """A store whose sidecar writes fail, as if the process died between the two writes."""
+class FailingStore(ObjectStore):
+    """A store whose output writes (keys ending in ``matching``) fail ``failures`` more times.
+
+    Inputs uploaded for presigning, before the call, go through.
+    """
+
+    failures: int = 0
+    matching: str = ""
 
     def write(self, key: str, data: bytes) -> str:
-        if key.endswith(SIDECAR_SUFFIX):
-            raise OSError("simulated crash before the sidecar")
+        if key.startswith(f"{FLOW}/") and key.endswith(self.matching) and self.failures > 0:
+            self.failures -= 1
+            raise OSError("SlowDown: please reduce your request rate (simulated)")
         return super().write(key, data)
 
 
-def test_an_image_without_its_sidecar_is_made_again_and_completed(
+def failing(backend: Backend, clock: FakeTime, failures: int, matching: str = "") -> OutputStore:
+    store = backend.store
+    broken = FailingStore(
+        store.fs, store.protocol, store.root, failures=failures, matching=matching
+    )
+    return OutputStore(broken, retry=clock.retry())
+
+
+def spilled_files(spill_dir: Path) -> list[Path]:
+    return sorted(p for p in spill_dir.rglob("*") if p.is_file())
+
+
+@pytest.fixture(autouse=True)
+def spill_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Paid images storage refused go to a folder of the test's own."""
+    folder = tmp_path / "spill"
+    monkeypatch.setenv(SPILL_DIR_ENV, str(folder))
+    return folder
+
+
+def test_a_storage_outage_shorter_than_the_retry_budget_is_ridden_out(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator, spill_dir: Path
+) -> None:
+    """BUG: the first failed write raised OSError and the paid image was lost."""
+    clock = FakeTime()
+
+    result = generate(client, edit_spec(), failing(backend, clock, failures=4))
+
+    assert not result.reused
+    assert billed(keyed_emulator) == 1
+    objects = backend.objects()
+    assert sha256(objects[result.key]) == result.sha256
+    assert json.loads(objects[result.key + SIDECAR_SUFFIX])["request_digest"] == (
+        result.request_digest
+    )
+    assert 0 < clock.now < StorageRetry().max_elapsed_s, "waited, within the budget"
+    assert spilled_files(spill_dir) == []
+
+
+def test_storage_down_for_the_whole_budget_keeps_the_paid_image_and_the_next_run_stores_it(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator, spill_dir: Path
+) -> None:
+    """BUG: the paid image was lost with an OSError, and the re-run paid again."""
+    clock = FakeTime()
+    down = failing(backend, clock, failures=10**6, matching=SIDECAR_SUFFIX)
+
+    with pytest.raises(OutputNotStoredError) as caught:
+        generate(client, edit_spec(), down)
+
+    error = caught.value
+    assert isinstance(error, TransientError), "a task retry tries again"
+    assert error.spill_path is not None
+    kept = Path(error.spill_path)
+    assert str(kept) in str(error)
+    assert "without paying again" in str(error)
+    assert kept.is_relative_to(spill_dir)
+    assert decode(kept.read_bytes()).format == "PNG"
+    assert clock.now >= StorageRetry().max_elapsed_s - StorageRetry().backoff_max_s
+    assert billed(keyed_emulator) == 1
+    assert KEY not in "".join(p.read_text(errors="replace") for p in spilled_files(spill_dir))
+    kept_bytes = kept.read_bytes()
+
+    result = generate(client, edit_spec(), backend.outputs)
+
+    assert billed(keyed_emulator) == 1, "stored from the spill folder, not paid again"
+    assert not result.reused
+    assert result.cost_usd == Decimal("0.05"), "the cost of the call that paid for it"
+    assert result.sha256 == sha256(kept_bytes)
+    objects = backend.objects()
+    assert sha256(objects[result.key]) == result.sha256
+    sidecar = json.loads(objects[result.key + SIDECAR_SUFFIX])
+    assert sidecar["request_digest"] == result.request_digest
+    assert sidecar["service"] == client.service
+    assert spilled_files(spill_dir) == [], "the kept copy goes once stored"
+    assert generate(client, edit_spec(), backend.outputs).reused
+    assert billed(keyed_emulator) == 1
+
+
+def test_an_image_left_without_its_sidecar_by_a_killed_writer_is_made_again(
     backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
 ) -> None:
-    store = backend.store
-    crashing = OutputStore(
-        SidecarFailingStore(fs=store.fs, protocol=store.protocol, root=store.root)
-    )
-
-    with pytest.raises(OSError, match="simulated crash"):
-        generate(client, edit_spec(), crashing)
-
-    assert billed(keyed_emulator) == 1
-    orphans = backend.objects()
-    images_written = [k for k in orphans if not k.startswith("inputs/")]
-    assert len(images_written) == 1
-    key = images_written[0]
-    assert not key.endswith(SIDECAR_SUFFIX)
-    assert backend.outputs.load(key) is None
+    first = generate(client, edit_spec(), backend.outputs)
+    # As if the writer had been killed between the image and its sidecar.
+    backend.store.fs.rm_file(backend.store.path(first.key + SIDECAR_SUFFIX))
+    assert backend.outputs.load(first.key) is None
 
     result = generate(client, edit_spec(), backend.outputs)
 
     assert not result.reused
-    assert result.key == key
+    assert result.key == first.key
     assert billed(keyed_emulator) == 2
-    objects = backend.objects()
-    sidecar = json.loads(objects[key + SIDECAR_SUFFIX])
-    assert sidecar["request_digest"] == result.request_digest
-    assert sidecar["output"]["sha256"] == sha256(objects[key]) == result.sha256
-    loaded = backend.outputs.load(key)
+    loaded = backend.outputs.load(first.key)
     assert loaded is not None
     assert sha256(backend.outputs.read_verified(loaded)) == result.sha256
-
-    # Complete now: a third call is served from the store.
     assert generate(client, edit_spec(), backend.outputs).reused
     assert billed(keyed_emulator) == 2
+
+
+def stop_moto(server: ThreadedMotoServer) -> None:
+    """Stop ``server`` and close its socket: connections are refused until a restart."""
+    server.stop()
+    if server._server is not None:
+        server._server.server_close()
+
+
+class OutageClient(RecordingClient):
+    """A client after whose (paid) call S3 goes down."""
+
+    on_paid: Callable[[], None] = staticmethod(lambda: None)
+
+    def generate(
+        self, slug: str, params: Mapping[str, Any] | SegmindRequest, **options: Any
+    ) -> GeneratedImage:
+        result = super().generate(slug, params, **options)
+        self.on_paid()
+        return result
+
+
+def test_s3_unreachable_for_20_s_after_the_call_is_ridden_out_without_paying_twice(
+    keyed_emulator: SegmindEmulator, spill_dir: Path
+) -> None:
+    """BUG: the first refused connection to S3 lost the paid image."""
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)]
+    servers[0].start()
+    try:
+        host, port = servers[0].get_host_and_port()
+        s3 = S3Server(endpoint_url=f"http://{host}:{port}")
+        s3.client().create_bucket(Bucket="outage")
+        prefix = uuid.uuid4().hex
+
+        def back_after_20_s(now: float) -> None:
+            if now >= 20 and len(servers) == 1:  # the same server state, the same port
+                servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+                servers[-1].start()
+
+        clock = FakeTime(on_sleep=back_after_20_s)
+        store = ObjectStore.from_url(
+            f"s3://outage/{prefix}",
+            key=s3.access_key_id,
+            secret=s3.secret_access_key,
+            endpoint_url=s3.endpoint_url,
+            client_kwargs={"region_name": s3.region},
+            config_kwargs={"retries": {"total_max_attempts": 1}},  # no waits of botocore's own
+        )
+        with OutageClient(KEY, base_url=keyed_emulator.url) as client:
+            client.on_paid = lambda: stop_moto(servers[0])
+            result = generate(client, edit_spec(), OutputStore(store, retry=clock.retry()))
+
+        assert len(servers) == 2, "S3 was down, then back"
+        bucket = s3.client()
+        image = bucket.get_object(Bucket="outage", Key=f"{prefix}/{result.key}")["Body"].read()
+        assert sha256(image) == result.sha256
+        text = bucket.get_object(Bucket="outage", Key=f"{prefix}/{result.key}.json")["Body"]
+        assert json.loads(text.read())["output"]["sha256"] == result.sha256
+    finally:
+        for server in servers:
+            stop_moto(server)
+    assert 20 <= clock.now < StorageRetry().max_elapsed_s
+    assert billed(keyed_emulator) == 1
+    assert spilled_files(spill_dir) == []
+
+
+# Which service made an output ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("job_id", [None, "cup-1"])
+def test_an_output_of_another_service_is_neither_reused_nor_overwritten(
+    backend: Backend, start_emulator: EmulatorFactory, job_id: str | None
+) -> None:
+    """BUG: a run against a second service root reused the first one's images, billed 0."""
+    first_service, second_service = start_emulator(api_key=KEY), start_emulator(api_key=KEY)
+    with SegmindClient(KEY, base_url=first_service.url) as first:
+        made_first = generate(first, edit_spec(), backend.outputs, job_id=job_id)
+    before = backend.objects()
+
+    with SegmindClient(KEY, base_url=second_service.url) as second:
+        made_second = generate(second, edit_spec(), backend.outputs, job_id=job_id)
+        again_second = generate(second, edit_spec(), backend.outputs, job_id=job_id)
+    with SegmindClient(KEY, base_url=first_service.url) as first:
+        again_first = generate(first, edit_spec(), backend.outputs, job_id=job_id)
+
+    assert not made_second.reused
+    assert made_second.key != made_first.key
+    assert billed(first_service) == billed(second_service) == 1, "each service billed once"
+    assert again_second.reused
+    assert again_second.key == made_second.key
+    assert again_first.reused
+    assert again_first.key == made_first.key
+    after = backend.objects()
+    for key, data in before.items():
+        assert after[key] == data, f"{key} was overwritten"
+    _, first_sidecar = sidecar_of(backend, made_first)
+    _, second_sidecar = sidecar_of(backend, made_second)
+    assert first_sidecar["service"] == first_service.url
+    assert second_sidecar["service"] == second_service.url
+
+
+# Trusting a sidecar only with its image -------------------------------------------------------
+
+
+def delete(backend: Backend, key: str) -> None:
+    """Remove one stored object, without the product's code."""
+    if backend.s3 is not None:
+        prefix = backend.base_url.removeprefix("s3://outputs/")
+        backend.s3.client().delete_object(Bucket="outputs", Key=f"{prefix}/{key}")
+    else:
+        backend.store.fs.rm_file(backend.store.path(key))
+
+
+def put(backend: Backend, key: str, data: bytes) -> None:
+    """Store one object, without the product's code."""
+    if backend.s3 is not None:
+        prefix = backend.base_url.removeprefix("s3://outputs/")
+        backend.s3.client().put_object(Bucket="outputs", Key=f"{prefix}/{key}", Body=data)
+    else:
+        backend.store.fs.pipe_file(backend.store.path(key), data)
+
+
+def test_a_sidecar_whose_image_is_gone_is_made_again_and_paid_for(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    """BUG: the re-run reported reused=True for an image that did not exist."""
+    first = generate(client, edit_spec(), backend.outputs)
+    delete(backend, first.key)
+
+    again = generate(client, edit_spec(), backend.outputs)
+
+    assert not again.reused
+    assert again.key == first.key
+    assert billed(keyed_emulator) == 2
+    assert sha256(backend.objects()[again.key]) == again.sha256
+    assert generate(client, edit_spec(), backend.outputs).reused
+    assert billed(keyed_emulator) == 2
+
+
+def test_an_image_that_is_not_its_sidecars_size_is_neither_trusted_nor_overwritten(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    first = generate(client, edit_spec(), backend.outputs)
+    other = image_bytes((1, 2, 3), (10, 10))
+    put(backend, first.key, other)
+
+    again = generate(client, edit_spec(), backend.outputs)
+    third = generate(client, edit_spec(), backend.outputs)
+
+    assert not again.reused
+    assert again.key != first.key
+    assert backend.objects()[first.key] == other, "left as found"
+    assert third.reused
+    assert third.key == again.key, "found again beside it"
+    assert billed(keyed_emulator) == 2
+
+
+def test_an_unreadable_sidecar_is_treated_as_absent_and_its_image_is_kept(
+    backend: Backend, client: RecordingClient, keyed_emulator: SegmindEmulator
+) -> None:
+    """BUG (read): a corrupt sidecar raised on every run: the row failed forever."""
+    first = generate(client, edit_spec(), backend.outputs)
+    image = backend.objects()[first.key]
+    put(backend, first.key + SIDECAR_SUFFIX, b'{"slug": "flux-kon')
+
+    again = generate(client, edit_spec(), backend.outputs)
+    third = generate(client, edit_spec(), backend.outputs)
+
+    assert not again.reused
+    assert again.key != first.key
+    objects = backend.objects()
+    assert objects[first.key] == image, "the paid image is never overwritten"
+    assert objects[first.key + SIDECAR_SUFFIX] == b'{"slug": "flux-kon'
+    assert third.reused
+    assert third.key == again.key
+    assert billed(keyed_emulator) == 2
+
+
+# A complete 200 in a format that is not stored --------------------------------------------------
+
+
+@contextmanager
+def webp_proxy(upstream: str) -> Iterator[str]:
+    """A proxy to ``upstream`` that re-encodes every 200 image answer as WEBP."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            answer = httpx.post(upstream + self.path, content=body, headers=headers, timeout=30)
+            payload = answer.content
+            if answer.status_code == 200:
+                out = io.BytesIO()
+                decode(payload).save(out, format="WEBP")
+                payload = out.getvalue()
+            self.send_response(answer.status_code)
+            for name in ("content-type", "x-remaining-credits"):
+                if name in answer.headers:
+                    value = "image/webp" if name == "content-type" else answer.headers[name]
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Handler) as base_url:
+        yield base_url
+
+
+def test_a_webp_answer_is_paid_once_and_stored_converted(
+    backend: Backend, keyed_emulator: SegmindEmulator
+) -> None:
+    """BUG: a complete WEBP 200 was retried as transient: 6 paid calls per attempt."""
+    with webp_proxy(keyed_emulator.url) as url, SegmindClient(KEY, base_url=url) as client:
+        result = generate(client, edit_spec(), backend.outputs)
+
+    assert billed(keyed_emulator) == 1
+    assert keyed_emulator.stats()["requests"] == 1
+    image = backend.objects()[result.key]
+    assert decode(image).format == "PNG"
+    assert decode(image).size == (result.width, result.height) == (1248, 832)
+    _, sidecar = sidecar_of(backend, result)
+    assert sidecar["converted_from"] == "webp"

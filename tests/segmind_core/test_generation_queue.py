@@ -25,22 +25,31 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from emulator import SegmindEmulator
-from segmind_core.client import QueuedRequest, RetryPolicy, SegmindClient
-from segmind_core.contract import Endpoint, SegmindRequest
+from segmind_core.client import QueuedRequest, RetryPolicy, SegmindClient, service_root
+from segmind_core.contract import Endpoint, OutputFormat, SegmindRequest
 from segmind_core.errors import (
     NetworkError,
+    OutputNotStoredError,
     QueuedResultExpiredError,
     RequestRejectedError,
     SegmindError,
 )
 from segmind_core.generation import EditResult, generate_and_store
 from segmind_core.object_store import ObjectStore
-from segmind_core.outputs import PENDING_PREFIX, SIDECAR_SUFFIX, OutputStore
+from segmind_core.outputs import (
+    PENDING_PREFIX,
+    SIDECAR_SUFFIX,
+    SPILL_DIR_ENV,
+    OutputStore,
+    StorageRetry,
+    queue_key,
+)
 from segmind_core.request_spec import RequestSpec
 from tests.conftest import EmulatorFactory
 from tests.support import (
@@ -57,7 +66,7 @@ DAY = date(2026, 3, 14)
 FLOW = "queue-test"
 JOB = "cup-1"
 OUTPUT_KEY = f"{FLOW}/2026-03-14/{JOB}.png"
-PENDING_KEY = f"{PENDING_PREFIX}{OUTPUT_KEY}{SIDECAR_SUFFIX}"
+API_PENDING_KEY = f"{PENDING_PREFIX}{OUTPUT_KEY}{SIDECAR_SUFFIX}"
 FAST = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.05)
 INPUT = image_bytes((40, 160, 220), (64, 48))
 RECORD_FIELDS = {"request_id", "slug", "submitted_at", "request_digest", "seed"}
@@ -98,6 +107,24 @@ class ImageWriteFailingStore(ObjectStore):
         return super().write(key, data)
 
 
+@pytest.fixture(autouse=True)
+def spill_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Paid images storage refused go to a folder of the test's own."""
+    folder = tmp_path / "spill"
+    monkeypatch.setenv(SPILL_DIR_ENV, str(folder))
+    return folder
+
+
+def no_wait_retry() -> StorageRetry:
+    """Storage retries on a fake clock: the whole budget passes without waiting."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    return StorageRetry(sleep=sleep, clock=lambda: now[0])
+
+
 @pytest.fixture
 def outputs() -> Iterator[OutputStore]:
     store = OutputStore(ObjectStore.from_url(f"memory://queue-{uuid.uuid4().hex}"))
@@ -120,9 +147,25 @@ def objects(outputs: OutputStore) -> dict[str, bytes]:
     }
 
 
+def record_key(emulator: SegmindEmulator) -> str:
+    """The key of the job's pending record for runs against ``emulator``."""
+    return queue_key(FLOW, JOB, OutputFormat.PNG, service_root(emulator.url))
+
+
+def pending_key(emulator: SegmindEmulator) -> str:
+    """Where the job's pending record is stored for runs against ``emulator``."""
+    return f"{PENDING_PREFIX}{record_key(emulator)}{SIDECAR_SUFFIX}"
+
+
 def pending_of(outputs: OutputStore) -> dict[str, Any]:
-    raw = objects(outputs)[PENDING_KEY]
-    record: dict[str, Any] = json.loads(raw)
+    """The one pending record (not set aside) in ``outputs``."""
+    live = [
+        key
+        for key in objects(outputs)
+        if key.startswith(PENDING_PREFIX) and not key.startswith(f"{PENDING_PREFIX}expired/")
+    ]
+    assert len(live) == 1, live
+    record: dict[str, Any] = json.loads(objects(outputs)[live[0]])
     return record
 
 
@@ -181,10 +224,15 @@ def interrupt(
     else:
         store = outputs.store
         failing = OutputStore(
-            ImageWriteFailingStore(fs=store.fs, protocol=store.protocol, root=store.root)
+            ImageWriteFailingStore(fs=store.fs, protocol=store.protocol, root=store.root),
+            retry=no_wait_retry(),
         )
-        with queue_client(emulator.url) as client, pytest.raises(OSError, match="simulated"):
+        with (
+            queue_client(emulator.url) as client,
+            pytest.raises(OutputNotStoredError, match="simulated") as caught,
+        ):
             run(client, request, failing)
+        assert caught.value.spill_path is not None
 
 
 # The pending record -------------------------------------------------------------------
@@ -207,9 +255,9 @@ def test_the_pending_record_exists_while_polling_and_goes_once_the_output_is_sto
     assert seen_while_polling, "the client polled at least twice"
     early, billed_then = seen_while_polling[0]
     assert billed_then == 0, "the record was there before the result existed"
-    assert PENDING_KEY in early
+    assert pending_key(emulator) in early
     assert OUTPUT_KEY not in early
-    text = early[PENDING_KEY].decode()
+    text = early[pending_key(emulator)].decode()
     record = json.loads(text)
     assert record.keys() >= RECORD_FIELDS
     assert record["slug"] == "flux-kontext-pro"
@@ -269,7 +317,7 @@ def test_an_interrupted_run_is_resumed_by_the_next_without_paying_again(
     stored = sidecar(outputs)
     assert stored["request_id"] == record["request_id"]
     assert stored["seed"] == 7
-    assert PENDING_KEY not in after
+    assert pending_key(emulator) not in after
     snap = settled(emulator)
     assert snap["requests"] == 1, "nothing was submitted again"
     assert snap["billed"] == 1
@@ -294,7 +342,7 @@ def test_an_unseeded_request_under_the_same_job_id_resumes_and_takes_the_pending
     assert stored["request_id"] == record["request_id"]
     assert stored["seed"] == drawn
     assert stored["parameters"]["seed"] == drawn
-    assert PENDING_KEY not in objects(outputs)
+    assert pending_key(emulator) not in objects(outputs)
     snap = settled(emulator)
     assert (snap["requests"], snap["billed"]) == (1, 1)
 
@@ -340,18 +388,18 @@ def test_a_pending_record_whose_output_was_already_stored_is_cleared_without_a_c
 ) -> None:
     emulator = start_emulator(api_key=KEY)
     interrupt("crash-while-polling", emulator, spec(seed=7), outputs)
-    kept = objects(outputs)[PENDING_KEY]
+    kept = objects(outputs)[pending_key(emulator)]
     with queue_client(emulator.url) as client:
         first = run(client, spec(seed=7), outputs)
     # As if that run had died after the sidecar, before the record was removed.
-    outputs.store.write(PENDING_KEY, kept)
+    outputs.store.write(pending_key(emulator), kept)
 
     with queue_client(emulator.url) as client:
         again = run(client, spec(seed=7), outputs)
 
     assert again.reused
     assert again.sha256 == first.sha256
-    assert PENDING_KEY not in objects(outputs)
+    assert pending_key(emulator) not in objects(outputs)
     snap = settled(emulator)
     assert (snap["requests"], snap["billed"]) == (1, 1)
 
@@ -411,7 +459,9 @@ def test_an_expired_pending_request_is_set_aside_and_the_next_run_pays_again(
     )
     # The record is from a run two hours ago.
     two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
-    outputs.store.write(PENDING_KEY, json.dumps({**record, "submitted_at": two_hours_ago}).encode())
+    outputs.store.write(
+        pending_key(emulator), json.dumps({**record, "submitted_at": two_hours_ago}).encode()
+    )
 
     with queue_client(emulator.url) as client, pytest.raises(QueuedResultExpiredError) as caught:
         run(client, spec(seed=7), outputs)
@@ -422,9 +472,9 @@ def test_an_expired_pending_request_is_set_aside_and_the_next_run_pays_again(
     assert "Segmind keeps results for 1 hour" in message
     assert "pays again" in message
     after = objects(outputs)
-    assert PENDING_KEY not in after
+    assert pending_key(emulator) not in after
     assert OUTPUT_KEY not in after
-    aside = [k for k in after if k.startswith(f"{PENDING_PREFIX}expired/{OUTPUT_KEY}.")]
+    aside = [k for k in after if k.startswith(f"{PENDING_PREFIX}expired/{record_key(emulator)}.")]
     assert len(aside) == 1, list(after)
     assert aside[0].endswith(".json")
     kept = json.loads(after[aside[0]])
@@ -439,7 +489,7 @@ def test_an_expired_pending_request_is_set_aside_and_the_next_run_pays_again(
 
     assert result.key == OUTPUT_KEY
     assert sidecar(outputs)["request_id"] != record["request_id"]
-    assert PENDING_KEY not in objects(outputs)
+    assert pending_key(emulator) not in objects(outputs)
     snap = settled(emulator)
     assert (snap["requests"], snap["billed"]) == (2, 2), "a new request, paid again"
 
@@ -447,18 +497,70 @@ def test_an_expired_pending_request_is_set_aside_and_the_next_run_pays_again(
 def test_a_recent_pending_request_the_queue_does_not_know_is_not_paid_for_again(
     start_emulator: EmulatorFactory, outputs: OutputStore
 ) -> None:
-    # Submitted to one emulator, resumed against another (another base URL or key).
-    first = start_emulator(api_key=KEY)
-    interrupt("crash-while-polling", first, spec(seed=7), outputs)
-    other = start_emulator(api_key=KEY)
+    # The record names a request this service does not know (made with another key, say).
+    emulator = start_emulator(api_key=KEY)
+    interrupt("crash-while-polling", emulator, spec(seed=7), outputs)
+    record = {**pending_of(outputs), "request_id": "req-made-with-another-key"}
+    outputs.store.write(pending_key(emulator), json.dumps(record).encode())
 
-    with queue_client(other.url) as client, pytest.raises(RequestRejectedError) as caught:
+    with queue_client(emulator.url) as client, pytest.raises(RequestRejectedError) as caught:
         run(client, spec(seed=7), outputs)
 
     assert not isinstance(caught.value, QueuedResultExpiredError)
-    assert pending_of(outputs)["request_id"] in caught.value.message
+    assert "req-made-with-another-key" in caught.value.message
     assert "another key or base URL" in caught.value.message
-    assert stats(other)["requests"] == 0, "nothing was submitted to the other service"
+    assert pending_of(outputs)["request_id"] == "req-made-with-another-key", "kept"
+    assert stats(emulator)["requests"] == 1, "nothing was submitted again"
+
+
+def test_a_pending_record_of_another_service_is_not_resumed_and_is_kept(
+    start_emulator: EmulatorFactory, outputs: OutputStore
+) -> None:
+    """BUG: records were keyed by output only, so a run against another service root
+    "resumed" the first service's request there (a 404) instead of making its own."""
+    first = start_emulator(api_key=KEY)
+    interrupt("crash-while-polling", first, spec(seed=7), outputs)
+    record = pending_of(outputs)
+    other = start_emulator(api_key=KEY)
+
+    with queue_client(other.url) as client:
+        result = run(client, spec(seed=7), outputs)
+
+    assert record["service"] == service_root(first.url)
+    assert not result.reused
+    assert sidecar(outputs, result.key)["service"] == service_root(other.url)
+    assert settled(other)["billed"] == 1, "the other service made (and billed) its own"
+    # The first service's record is untouched: a run against it still resumes it.
+    assert json.loads(objects(outputs)[pending_key(first)]) == record
+    with queue_client(first.url) as client:
+        resumed = run(client, spec(seed=7), outputs)
+    assert sidecar(outputs, resumed.key)["request_id"] == record["request_id"]
+    assert resumed.key != result.key
+    snap = settled(first)
+    assert (snap["requests"], snap["billed"]) == (1, 1)
+    assert not [k for k in objects(outputs) if k.startswith(PENDING_PREFIX)]
+
+
+def test_a_run_killed_after_submitting_is_resumed_on_the_next_utc_day(
+    start_emulator: EmulatorFactory, outputs: OutputStore
+) -> None:
+    """BUG: the record's key held the run's day, so a re-run after midnight (UTC)
+    did not find it and paid again."""
+    emulator = start_emulator(api_key=KEY)
+    interrupt("crash-while-polling", emulator, spec(seed=7), outputs)
+    record = pending_of(outputs)
+
+    with queue_client(emulator.url) as client:
+        result = generate_and_store(
+            client, spec(seed=7), outputs, flow_name=FLOW, day=DAY + timedelta(days=1), job_id=JOB
+        )
+
+    snap = settled(emulator)
+    assert (snap["requests"], snap["billed"]) == (1, 1), "resumed, not submitted again"
+    assert not result.reused
+    assert result.key == OUTPUT_KEY, "stored where the paying run meant it to go"
+    assert sidecar(outputs)["request_id"] == record["request_id"]
+    assert not [k for k in objects(outputs) if k.startswith(PENDING_PREFIX)]
 
 
 # Requests that can never complete ------------------------------------------------------
@@ -517,13 +619,14 @@ def test_a_failed_request_is_submitted_again_by_the_next_run_not_resumed(
             except SegmindError as error:
                 pytest.fail(
                     f"the second run did not submit again ({type(error).__name__}: "
-                    f"{error.message}); pending record left: {PENDING_KEY in objects(outputs)}"
+                    f"{error.message}); pending record left: "
+                    f"{pending_key(emulator) in objects(outputs)}"
                 )
 
     assert result.key == OUTPUT_KEY
     snap = settled(emulator)
     assert (snap["requests"], snap["billed"]) == (2, 1)
-    assert PENDING_KEY not in objects(outputs)
+    assert pending_key(emulator) not in objects(outputs)
 
 
 def test_a_failed_request_leaves_no_pending_record(
@@ -540,7 +643,7 @@ def test_a_failed_request_leaves_no_pending_record(
             run(client, request, outputs)
 
     assert settled(emulator)["jobs"].get("FAILED") == 1
-    assert PENDING_KEY not in objects(outputs)
+    assert pending_key(emulator) not in objects(outputs)
 
 
 def test_the_resumed_run_records_the_cost_and_balance_of_the_queued_request(
@@ -605,7 +708,7 @@ def test_two_runs_of_one_job_id_at_once_keep_each_others_record_and_image(
         return thread
 
     def recorded() -> str | None:
-        raw = objects(outputs).get(PENDING_KEY)
+        raw = objects(outputs).get(pending_key(emulator))
         return None if raw is None else str(json.loads(raw)["request_id"])
 
     run_a = start("A", "on a beach")
@@ -632,7 +735,7 @@ def test_two_runs_of_one_job_id_at_once_keep_each_others_record_and_image(
     assert sidecar(outputs, results["B"].key)["parameters"]["prompt"] == "in a forest"
     assert sidecar(outputs)["parameters"]["prompt"] == "on a beach"
     # No record left; A's was set aside by B (the row had changed), never lost.
-    assert PENDING_KEY not in stored
+    assert pending_key(emulator) not in stored
     aside = [k for k in stored if k.startswith(f"{PENDING_PREFIX}expired/")]
     assert [json.loads(stored[k])["request_id"] for k in aside] == [request_a]
     assert settled(emulator)["billed"] == 2
@@ -646,7 +749,7 @@ def test_records_set_aside_in_the_same_second_are_all_kept(outputs: OutputStore)
     stored = objects(outputs)
     kept = sorted(json.loads(data)["request_id"] for data in stored.values())
     assert kept == ["REQ-A", "REQ-B", "REQ-C"]
-    assert PENDING_KEY not in stored
+    assert API_PENDING_KEY not in stored
     assert outputs.set_pending_aside(OUTPUT_KEY, "nothing pending") is None
 
 
@@ -656,4 +759,4 @@ def test_a_record_is_cleared_only_by_its_own_request(outputs: OutputStore) -> No
     assert outputs.clear_pending(OUTPUT_KEY, "REQ-A") is False
     assert pending_of(outputs)["request_id"] == "REQ-B"
     assert outputs.clear_pending(OUTPUT_KEY, "REQ-B") is True
-    assert PENDING_KEY not in objects(outputs)
+    assert API_PENDING_KEY not in objects(outputs)

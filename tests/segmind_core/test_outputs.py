@@ -16,10 +16,15 @@ from segmind_core.contract import OutputFormat
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import (
     SIDECAR_SUFFIX,
+    SPILL_DIR_ENV,
     OutputStore,
+    StorageRetry,
     StoredImage,
+    default_spill_dir,
     output_key,
+    queue_key,
     sanitise_key_part,
+    service_tag,
 )
 from tests.conftest import S3Server
 from tests.support import decode, image_bytes
@@ -220,11 +225,160 @@ def test_failed_sidecar_write_leaves_the_image_absent(s3: S3Server) -> None:
     image = image_bytes()
 
     with pytest.raises(OSError, match="before the sidecar"):
-        OutputStore(failing).save(key, image, {"x": 1})
+        OutputStore(failing, retry=FakeClock().retry()).save(key, image, {"x": 1})
 
     assert s3_keys(s3) == [f"{PREFIX}/{key}"]
     assert s3_object(s3, key) == image
     assert OutputStore(s3_store(s3)).load(key) is None
+
+
+# Retries ---------------------------------------------------------------------
+
+
+class FakeClock:
+    """Time that passes only when slept: retries without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+    def retry(self, **kwargs: float) -> StorageRetry:
+        return StorageRetry(sleep=self.sleep, clock=lambda: self.now, **kwargs)
+
+
+class FlakyStore(ObjectStore):
+    """A store whose next ``failures`` writes fail; every write attempt is counted."""
+
+    failures = 0
+    attempts = 0
+
+    def write(self, key: str, data: bytes) -> str:
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("SlowDown (simulated)")
+        return super().write(key, data)
+
+
+def flaky(s3: S3Server, failures: int) -> FlakyStore:
+    plain = s3_store(s3)
+    store = FlakyStore(plain.fs, plain.protocol, plain.root)
+    store.failures = failures
+    return store
+
+
+def test_writes_failing_a_few_times_are_retried_with_growing_waits(s3: S3Server) -> None:
+    """BUG: one failed write (an S3 SlowDown) raised at once."""
+    store, clock = flaky(s3, failures=4), FakeClock()
+    key = "flow/2026-01-02/flaky.png"
+
+    saved = OutputStore(store, retry=clock.retry()).save(key, image_bytes(), METADATA)
+
+    assert store.attempts == 6, "4 failures, then the image and its sidecar"
+    assert s3_object(s3, key) == image_bytes()
+    assert json.loads(s3_object(s3, key + SIDECAR_SUFFIX))["output"]["sha256"] == saved.sha256
+    assert len(clock.waits) == 4
+    assert clock.waits[-1] > clock.waits[0]
+    assert all(wait <= StorageRetry().backoff_max_s for wait in clock.waits)
+
+
+def test_writes_are_given_up_once_the_budget_is_spent(s3: S3Server) -> None:
+    store, clock = flaky(s3, failures=10**6), FakeClock()
+
+    with pytest.raises(OSError, match="SlowDown"):
+        OutputStore(store, retry=clock.retry(max_elapsed_s=20)).save("k/x.png", image_bytes(), {})
+
+    assert 20 - StorageRetry().backoff_max_s <= clock.now <= 20
+    assert store.attempts == len(clock.waits) + 1
+    assert s3_keys(s3) == []
+
+
+# What a key holds ------------------------------------------------------------
+
+
+def test_probe_tells_what_a_key_holds(s3: S3Server) -> None:
+    outputs = OutputStore(s3_store(s3))
+    key = "flow/2026-01-02/probed.png"
+    bucket = s3.client()
+
+    empty = outputs.probe(key)
+    assert (empty.writable, empty.intact, empty.has_sidecar) == (True, False, False)
+
+    saved = outputs.save(key, image_bytes(), {"service": "http://a"})
+    whole = outputs.probe(key)
+    assert (whole.writable, whole.intact) == (False, True)
+    assert whole.made_by("http://a")
+    assert not whole.made_by("http://b")
+    assert whole.image_size == saved.size_bytes
+
+    bucket.put_object(Bucket="outputs", Key=f"{PREFIX}/{key}", Body=b"other bytes")
+    altered = outputs.probe(key)
+    assert (altered.writable, altered.intact) == (False, False)
+
+    bucket.delete_object(Bucket="outputs", Key=f"{PREFIX}/{key}")
+    gone = outputs.probe(key)
+    assert (gone.writable, gone.intact, gone.image_size) == (True, False, None)
+
+    bucket.put_object(Bucket="outputs", Key=f"{PREFIX}/{key}", Body=image_bytes())
+    bucket.put_object(Bucket="outputs", Key=f"{PREFIX}/{key}.json", Body=b"{not json")
+    unreadable = outputs.probe(key)
+    assert unreadable.stored is None
+    assert (unreadable.writable, unreadable.intact, unreadable.has_sidecar) == (False, False, True)
+
+
+def test_an_unreadable_sidecar_loads_as_absent(tmp_path: Path) -> None:
+    """BUG (read): an unreadable sidecar raised, so its row failed on every run."""
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path)))
+    outputs.save("f/d/cut.png", image_bytes(), {})
+    (tmp_path / "f/d/cut.png.json").write_text('{"output": {"key"')
+    (tmp_path / "f/d/odd.png.json").write_text('["a list"]')
+
+    assert outputs.load("f/d/cut.png") is None
+    assert outputs.load("f/d/odd.png") is None
+
+
+# Paid images kept locally when storage refuses them ------------------------------
+
+
+def test_a_spilled_image_is_found_again_checked_and_dropped(tmp_path: Path) -> None:
+    outputs = OutputStore(ObjectStore.from_url("memory://unused"), spill_dir=tmp_path)
+    image = image_bytes((1, 2, 3))
+
+    path = outputs.spill("http://127.0.0.1:81", "abc", image, METADATA, "OSError: down")
+
+    assert path.read_bytes() == image
+    assert path.suffix == ".png"
+    assert path.parent == tmp_path / "127.0.0.1-81"
+    found = outputs.spilled("http://127.0.0.1:81", "abc")
+    assert found is not None
+    assert found[:2] == (image, METADATA)
+    assert outputs.spilled("http://127.0.0.1:82", "abc") is None, "another service's"
+    assert outputs.spilled("http://127.0.0.1:81", "abd") is None
+
+    path.write_bytes(image_bytes((1, 2, 4)))
+    assert outputs.spilled("http://127.0.0.1:81", "abc") is None, "altered"
+
+    outputs.drop_spilled("http://127.0.0.1:81", "abc")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_the_spill_folder_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SPILL_DIR_ENV, str(tmp_path / "kept"))
+    assert default_spill_dir() == tmp_path / "kept"
+    assert OutputStore(ObjectStore.from_url("memory://x")).spill_dir == tmp_path / "kept"
+    monkeypatch.delenv(SPILL_DIR_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_spill_dir() == tmp_path / "cache" / "segmind-prefect" / "unstored"
+
+
+def test_queue_keys_hold_no_date_and_name_the_service() -> None:
+    key = queue_key("Nightly Run", "Order #12", OutputFormat.PNG, "https://api.segmind.com")
+    assert key == "api.segmind.com/nightly-run/order-12.png"
+    assert service_tag("http://127.0.0.1:8123") == "127.0.0.1-8123"
 
 
 # Verification ----------------------------------------------------------------
