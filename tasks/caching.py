@@ -1,8 +1,10 @@
-"""The cache policy of the endpoint tasks: the request, never the run, key or storage.
+"""The cache policy of the endpoint tasks: the request and its service, never the run or key.
 
 The key is the request digest (`segmind_core.request_spec.request_digest`):
 slug, canonical parameters and input identities (content digests for local,
-bytes and ``s3://`` inputs; the URL for ``http(s)`` inputs). A request without
+bytes and ``s3://`` inputs; the URL for ``http(s)`` inputs), followed by a tag
+of the service the credentials call (`service_tag`), so an image made by one
+service is never served to a run against another. A request without
 a pinned seed asks for a new variation, so it gets no key and is never served
 from the cache.
 
@@ -40,6 +42,8 @@ from prefect.locking.memory import MemoryLockManager
 from prefect.transactions import IsolationLevel
 
 from blocks.object_storage import ObjectStorage
+from blocks.segmind_credentials import SegmindCredentials
+from segmind_core.client import service_root
 from segmind_core.errors import SegmindError
 from segmind_core.generation import EditResult
 from segmind_core.images import ImageInput, image_identity
@@ -53,6 +57,7 @@ __all__ = [
     "SegmindRequestCachePolicy",
     "input_identities",
     "request_cache_policy",
+    "service_tag",
     "still_stored_in",
     "storage_location_tag",
 ]
@@ -108,6 +113,7 @@ class SegmindRequestCachePolicy(CachePolicy):
             storage = given if given is not None else ObjectStorage()
             store = given.get_store() if given is not None else None
             key = "segmind-" + request_digest(spec, input_identities(spec, store))
+            key += "-" + service_tag(inputs.get("credentials") or SegmindCredentials())
             if storage._block_document_id is None:
                 key += "-" + storage_location_tag(storage)
         except (SegmindError, ValueError, OSError):
@@ -135,6 +141,16 @@ def still_stored_in(store: ObjectStore) -> Callable[[EditResult], bool]:
         return True
 
     return check
+
+
+def service_tag(credentials: SegmindCredentials) -> str:
+    """A short, stable name of the service ``credentials`` call (`service_root`).
+
+    An image made by one service is never served from the cache to a run
+    against another (the emulator's stand-ins to a run against Segmind, say).
+    """
+    root = service_root(credentials.resolved_base_url())
+    return hashlib.sha256(root.encode()).hexdigest()[:16]
 
 
 def storage_location_tag(storage: ObjectStorage) -> str:

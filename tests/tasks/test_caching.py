@@ -48,7 +48,7 @@ from segmind_core.images import InvalidInputImageError
 from segmind_core.outputs import SIDECAR_SUFFIX
 from segmind_core.thumbnails import THUMBNAILS_FOLDER
 from tasks import EditResult, edit_image_with_kontext_pro
-from tasks.caching import storage_location_tag
+from tasks.caching import service_tag, storage_location_tag
 from tasks.result_records import SERIALIZER_TYPE
 from tests.conftest import EmulatorFactory, S3Server
 from tests.support import file_server, image_bytes, wait_until
@@ -168,9 +168,16 @@ def bucket_objects(s3: S3Server, prefix: str = "") -> dict[str, bytes]:
         token = {"ContinuationToken": listed["NextContinuationToken"]}
 
 
-def cache_record(block: ObjectStorage, result: EditResult) -> ResultRecord[Any]:
+def record_key(result: EditResult, credentials: SegmindCredentials) -> str:
+    """The cache key of ``result``'s request made through ``credentials``."""
+    return f"segmind-{result.request_digest}-{service_tag(credentials)}"
+
+
+def cache_record(
+    block: ObjectStorage, result: EditResult, credentials: SegmindCredentials
+) -> ResultRecord[Any]:
     record: ResultRecord[Any] = ResultRecord.deserialize(
-        block.read_path(f"segmind-{result.request_digest}")
+        block.read_path(record_key(result, credentials))
     )
     return record
 
@@ -379,7 +386,7 @@ def test_a_pinned_request_in_a_second_flow_run_is_served_from_the_cache(
     assert second.name == "Cached"
     assert second.result().url == first.result().url
     assert billed(keyed_emulator) == 1
-    record = cache_record(block, first.result())
+    record = cache_record(block, first.result(), credentials)
     assert record.result == first.result()
 
 
@@ -431,7 +438,7 @@ def test_an_expired_cache_entry_is_recomputed(
     def body() -> dict[str, Any]:
         first = expiring("on a beach", **kwargs)
         fresh = expiring("on a beach", **kwargs)
-        expiration = cache_record(block, first.result()).metadata.expiration
+        expiration = cache_record(block, first.result(), credentials).metadata.expiration
         assert expiration is not None
         wait_until(lambda: datetime.now(UTC) > expiration, timeout=5, what="the entry to expire")
         expired = expiring("on a beach", **kwargs)
@@ -445,7 +452,7 @@ def test_an_expired_cache_entry_is_recomputed(
     assert expired.name == "Completed", "an expired entry was served"
     assert expired.result().url == first.result().url
     # The task ran again and wrote a new record with a new expiration.
-    renewed = cache_record(block, first.result()).metadata.expiration
+    renewed = cache_record(block, first.result(), credentials).metadata.expiration
     assert renewed is not None
     assert renewed > outcome["expiration"]
 
@@ -687,7 +694,7 @@ def test_a_record_is_json_of_the_edit_result(
 ) -> None:
     result = run_edit(block, credentials).result()
 
-    document = json.loads(block.read_path(f"segmind-{result.request_digest}"))
+    document = json.loads(block.read_path(record_key(result, credentials)))
     assert document["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
     assert EditResult.model_validate_json(document["result"]) == result
 
@@ -716,7 +723,7 @@ def test_a_planted_record_runs_nothing_and_the_task_returns_its_stored_output(
         storage = ObjectStorage(base_url=str(tmp_path / "outputs"))
     records = record_storage(storage)
     first = run_edit(storage, credentials, records=records).result()
-    key = f"segmind-{first.request_digest}"
+    key = record_key(first, credentials)
     if where == "saved block":
         read, write = (lambda: storage.read_path(key)), (lambda d: storage.write_path(key, d))
     else:
@@ -775,7 +782,7 @@ def test_a_record_of_a_deleted_output_is_not_served_and_the_output_is_paid_for_a
     image = objects[f"{prefix}/{result.key}"]
     assert hashlib.sha256(image).hexdigest() == result.sha256
     assert json.loads(objects[f"{prefix}/{result.key}{SIDECAR_SUFFIX}"])["seed"] == 5
-    assert cache_record(block, result).result == result
+    assert cache_record(block, result, credentials).result == result
 
 
 def test_a_record_whose_image_was_deleted_is_not_served(
@@ -785,14 +792,44 @@ def test_a_record_whose_image_was_deleted_is_not_served(
     s3: S3Server,
     prefix: str,
 ) -> None:
-    # What the task then does with the sidecar left behind is generate_and_store's
-    # business (tests/segmind_core): the cache record is not served.
     first = run_edit(block, credentials).result()
     delete_objects(s3, prefix, first.key)
 
     again = run_edit(block, credentials)
 
     assert again.name == "Completed", "a record of a deleted image was served"
+    # The sidecar left behind is not trusted either: the image is made and paid again.
+    result = again.result()
+    assert (billed(keyed_emulator), result.reused, result.url) == (2, False, first.url)
+    image = bucket_objects(s3, f"{prefix}/")[f"{prefix}/{result.key}"]
+    assert hashlib.sha256(image).hexdigest() == result.sha256
+
+
+def test_a_record_made_by_another_service_is_not_served(
+    block: ObjectStorage,
+    credentials: SegmindCredentials,
+    keyed_emulator: SegmindEmulator,
+    start_emulator: EmulatorFactory,
+    s3: S3Server,
+    prefix: str,
+) -> None:
+    other_emulator = start_emulator(api_key=KEY)
+    other = credentials.model_copy(update={"base_url": other_emulator.url})
+
+    first = run_edit(block, credentials).result()
+    second = run_edit(block, other)
+    again = [run_edit(block, c) for c in (credentials, other)]
+
+    assert second.name == "Completed", "another service's record was served"
+    made = second.result()
+    assert (billed(keyed_emulator), billed(other_emulator)) == (1, 1)
+    assert (made.reused, made.cost_usd) == (False, Decimal("0.05"))
+    assert made.url != first.url
+    assert [state.name for state in again] == ["Cached", "Cached"]
+    assert [state.result().url for state in again] == [first.url, made.url]
+    objects = bucket_objects(s3, f"{prefix}/")
+    for result in (first, made):
+        assert hashlib.sha256(objects[f"{prefix}/{result.key}"]).hexdigest() == result.sha256
 
 
 def test_a_local_folder_record_of_a_deleted_output_is_not_served(
