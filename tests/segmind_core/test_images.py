@@ -333,6 +333,16 @@ def test_schemes_outside_the_policy_are_refused(ref: str) -> None:
     assert "use http(s), s3, or a file under" in str(caught.value)
 
 
+def s3_store(s3: S3Server, base_url: str = "s3://outputs/runs") -> ObjectStore:
+    """A store on the moto server, with its credentials and endpoint given explicitly."""
+    return ObjectStore.from_url(
+        base_url,
+        key=s3.access_key_id,
+        secret=s3.secret_access_key,
+        client_kwargs={"endpoint_url": s3.endpoint_url, "region_name": s3.region},
+    )
+
+
 def test_an_s3_input_outside_the_allowed_buckets_is_refused_before_reading(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -340,22 +350,60 @@ def test_an_s3_input_outside_the_allowed_buckets_is_refused_before_reading(
     client = s3.client()
     client.create_bucket(Bucket="hr-private")
     client.put_object(Bucket="hr-private", Key="badge.png", Body=image_bytes(size=(32, 24)))
-    client.put_object(Bucket="outputs", Key="inputs/cup.png", Body=image_bytes(size=(32, 24)))
-    store = ObjectStore.from_url(
-        "s3://outputs/runs",
-        key=s3.access_key_id,
-        secret=s3.secret_access_key,
-        client_kwargs={"endpoint_url": s3.endpoint_url, "region_name": s3.region},
-    )
+    client.put_object(Bucket="outputs", Key="runs/inputs/cup.png", Body=image_bytes(size=(32, 24)))
+    store = s3_store(s3)
     monkeypatch.delenv("SEGMIND_INPUT_BUCKETS", raising=False)
 
     with pytest.raises(InvalidInputImageError) as refused:
         images.read_image_input("s3://hr-private/badge.png", field="image_urls[0]", store=store)
     assert str(refused.value).startswith(
         "image_urls[0]: s3://hr-private/badge.png is outside the storage inputs may be read "
-        "from (the output storage's bucket, s3://outputs; none in SEGMIND_INPUT_BUCKETS)"
+        "from (the output storage's location, s3://outputs/runs; none in SEGMIND_INPUT_BUCKETS)"
     )
-    # The output storage's own bucket is readable; a configured bucket too.
-    assert images.read_image_input("s3://outputs/inputs/cup.png", field="f", store=store)
+    # The output storage's own location is readable; a configured bucket too.
+    assert images.read_image_input("s3://outputs/runs/inputs/cup.png", field="f", store=store)
     monkeypatch.setenv("SEGMIND_INPUT_BUCKETS", "s3://hr-private")
     assert images.read_image_input("s3://hr-private/badge.png", field="f", store=store)
+
+
+def test_the_output_bucket_beyond_the_storage_prefix_is_not_an_input(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Storage s3://outputs/segmind shares its bucket with another team's files.
+    client = s3.client()
+    client.put_object(Bucket="outputs", Key="finance/scan.png", Body=image_bytes(size=(32, 24)))
+    client.put_object(Bucket="outputs", Key="segmind/in.png", Body=image_bytes(size=(32, 24)))
+    store = s3_store(s3, "s3://outputs/segmind")
+    monkeypatch.delenv("SEGMIND_INPUT_BUCKETS", raising=False)
+
+    for url in ("s3://outputs/finance/scan.png", "s3a://outputs/finance/scan.png"):
+        with pytest.raises(InvalidInputImageError) as refused:
+            images.resolve_image(url, field="input_image", store=store)
+        assert str(refused.value).startswith(
+            f"input_image: {url} is outside the storage inputs may be read from (the output "
+            "storage's location, s3://outputs/segmind; none in SEGMIND_INPUT_BUCKETS)"
+        )
+    assert images.read_image_input("s3://outputs/segmind/in.png", field="f", store=store)
+
+
+def test_an_s3a_input_is_read_with_the_stores_credentials_and_endpoint(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ambient AWS settings point nowhere useful (a closed loopback port, no
+    # credentials): an s3a:// input must be read through the store, as s3:// is.
+    closed = "http://127.0.0.1:9"
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(name, closed)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ambient-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ambient-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    data = image_bytes((200, 40, 40), (32, 24))
+    s3.client().put_object(Bucket="outputs", Key="runs/photos/a.png", Body=data)
+    store = s3_store(s3)
+
+    assert images.read_image_input("s3a://outputs/runs/photos/a.png", field="f", store=store) == data
+    resolved = images.resolve_image("s3a://outputs/runs/photos/a.png", field="f", store=store)
+    assert resolved.identity == images.image_identity(
+        "s3://outputs/runs/photos/a.png", field="f", store=store
+    )
+    assert resolved.ref.startswith(s3.endpoint_url)  # presigned on the store's endpoint
