@@ -381,7 +381,7 @@ _SIGNED_PREFIXES = {"x-amz-signature": "x-amz-", "x-goog-signature": "x-goog-"}
 _SIGNATURE_NAMES = frozenset(
     {"signature", "awsaccesskeyid", "googleaccessid", "expires", "key-pair-id", "policy"}
 )
-# Azure SAS, when "sig" is there.
+# Azure SAS, when "sig" and its version "sv" are there.
 _SAS_NAMES = frozenset(
     {"sig", "sv", "ss", "srt", "sp", "se", "st", "spr", "sr", "sip", "ses", "sdd"}
     | {"skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid"}
@@ -413,7 +413,7 @@ def remote_identity(url: str) -> str:
                 for signature, prefix in _SIGNED_PREFIXES.items()
             )
             or ("signature" in names and lower in _SIGNATURE_NAMES)
-            or ("sig" in names and lower in _SAS_NAMES)
+            or ("sig" in names and "sv" in names and lower in _SAS_NAMES)
             or (lower == "x-amz-security-token" and "signature" in names)
         )
 
