@@ -19,7 +19,15 @@ again polls the requests it had submitted instead of paying for them again.)
 
 It prints progress, then the results manifest's URL as its last line, and
 exits 0 only when the run Completed (1 when it Failed; 2, before anything
-starts, for bad arguments, an unreadable manifest or no API key).
+starts, for bad arguments, an unreadable manifest, more rows the check refuses
+than ``--max-failed-rows`` allows, or no API key).
+
+The command is its user's own: a local manifest is read wherever it is, and the
+local files its rows name (relative to it, or absolute) wherever they are,
+unless ``SEGMIND_INPUT_ROOTS`` is set (then those roots and the manifest's
+folder). A deployment's runs never come here: the input policy of the worker
+(`segmind_core.fetch.InputPolicy`) applies to them as configured, and no flow
+parameter widens it.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -63,7 +73,7 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
-from segmind_core.fetch import display_url
+from segmind_core.fetch import INPUT_ROOTS_ENV, display_url
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 from tasks.caching import storage_location_tag
@@ -427,6 +437,52 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextmanager
+def _users_own_files(manifest: str) -> Iterator[None]:
+    """The command's input roots, while it runs: a local manifest is its user's own file.
+
+    With ``SEGMIND_INPUT_ROOTS`` unset, the local files a local manifest names are
+    read wherever they are (the command reads what its user could read; the
+    roots protect a deployment's runs from whoever triggers them, and a
+    deployment's runs never come here). With it set, those roots and the
+    manifest's folder. A manifest given as a URL changes nothing.
+    """
+    if len(urlsplit(manifest).scheme) > 1:
+        yield
+        return
+    folder = Path(manifest).expanduser().resolve().parent
+    configured = os.environ.get(INPUT_ROOTS_ENV)
+    roots = (
+        f"{configured}{os.pathsep}{folder}" if configured and configured.strip() else folder.anchor
+    )
+    os.environ[INPUT_ROOTS_ENV] = roots
+    try:
+        yield
+    finally:
+        if configured is None:
+            os.environ.pop(INPUT_ROOTS_ENV, None)
+        else:
+            os.environ[INPUT_ROOTS_ENV] = configured
+
+
+def _refused_manifest(manifest: str, storage: ObjectStorage, max_failed_rows: int) -> str | None:
+    """Why the command refuses the manifest before anything starts, or ``None``.
+
+    It cannot be read, or the check refuses more rows than ``max_failed_rows``
+    allows: the run would end Failed, so nothing is paid for; every problem is
+    listed with its line.
+    """
+    try:
+        checked = load_manifest(manifest, store=storage.get_store())
+    except ManifestError as exc:
+        return str(exc)
+    if len(checked.rejected) <= max_failed_rows:
+        return None
+    problems = ManifestError(display_url(manifest), checked.problems())
+    allowed = "" if max_failed_rows else " (or pass --max-failed-rows N to run the rest)"
+    return f"{problems}\nNothing was run or paid for: fix them{allowed}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``python -m flows.batch`` command; returns the exit code."""
     args = _arguments(argv)
@@ -438,12 +494,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     storage = ObjectStorage(base_url=args.output)
-    try:  # a manifest that cannot be read is refused before a server is started
-        load_manifest(args.manifest, store=storage.get_store())
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_users_own_files(args.manifest))
+        refused = _refused_manifest(args.manifest, storage, args.max_failed_rows)
+        if refused is not None:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         try:
             temporary = stack.enter_context(_prefect_api())
         except TemporaryServerError as exc:
