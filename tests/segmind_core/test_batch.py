@@ -34,7 +34,7 @@ from segmind_core.batch import (
     run_batch,
 )
 from segmind_core.client import SegmindClient
-from segmind_core.contract import OutputFormat, get_endpoint
+from segmind_core.contract import InvalidRequestError, OutputFormat, get_endpoint
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, ServerError
 from segmind_core.generation import EditResult, generate_and_store
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestRow, check_rows
@@ -1123,3 +1123,22 @@ def test_an_image_without_its_sidecar_is_not_handed_on(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="has no sidecar"):
         own_output(outputs, served, job_id="second", flow_name=FLOW, day=DAY)
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_before_anything_is_sent(
+    emulator: SegmindEmulator, tmp_path: Path
+) -> None:
+    # What a task given such a prompt does (a flow parameter cannot carry one: Prefect
+    # cannot encode it to create the run). Before, the HTTP client failed to encode
+    # the body: a UnicodeEncodeError traceback instead of the contract's message.
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path / "outputs")))
+    spec = RequestSpec(FLUX, {"prompt": "a cup \udfff", "seed": 1})
+
+    with (
+        SegmindClient(API_KEY, base_url=emulator.url) as client,
+        pytest.raises(InvalidRequestError) as refused,
+    ):
+        generate_and_store(client, spec, outputs, flow_name=FLOW, day=DAY)
+
+    assert "prompt: is not valid text: it has a lone surrogate" in str(refused.value)
+    assert emulator.stats()["requests"] == 0
