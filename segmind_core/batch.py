@@ -31,7 +31,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, PlainSerializer, field_validator
 
 from segmind_core.contract import get_endpoint
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, SegmindError
@@ -180,6 +180,18 @@ class RowResult(BaseModel):
     cached: bool = False
     seed: int | None = None
     intermediate: str | None = None
+
+    @field_validator("id", "endpoint", "output", "error", "intermediate")
+    @classmethod
+    def _writable(cls, text: str | None) -> str | None:
+        """Text the results manifest (UTF-8) can hold: a lone surrogate is escaped.
+
+        The manifest check refuses rows with one; this keeps a results manifest
+        from failing to be written, after money was spent, whatever else has one.
+        """
+        if text is None or text.isascii():
+            return text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BatchReport(BaseModel):

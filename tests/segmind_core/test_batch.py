@@ -1142,3 +1142,16 @@ def test_a_prompt_with_a_lone_surrogate_is_refused_before_anything_is_sent(
 
     assert "prompt: is not valid text: it has a lone surrogate" in str(refused.value)
     assert emulator.stats()["requests"] == 0
+
+
+def test_a_results_line_is_written_whatever_text_it_carries() -> None:
+    # A file name with bytes that are not UTF-8 reaches Python as lone surrogates
+    # (U+DC80 to U+DCFF); an error naming it must not stop the results manifest.
+    result = RowResult(
+        id="r", line=1, endpoint=FLUX, status=RowStatus.FAILED, error="no such file: /x/\udcff.png"
+    )
+    report = BatchReport(results=[result], estimate_usd=Decimal(0))
+
+    (line,) = read_results(report.results_jsonl())
+
+    assert line.error == "no such file: /x/\\udcff.png"
