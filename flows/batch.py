@@ -25,7 +25,8 @@ than ``--max-failed-rows`` allows, or no API key).
 The command is its user's own: a local manifest is read wherever it is, and the
 local files its rows name (relative to it, or absolute) wherever they are,
 unless ``SEGMIND_INPUT_ROOTS`` is set (then those roots and the manifest's
-folder). A deployment's runs never come here: the input policy of the worker
+folder); a manifest in storage makes its folder readable (``SEGMIND_INPUT_BUCKETS``).
+A deployment's runs never come here: the worker's input policy
 (`segmind_core.fetch.InputPolicy`) applies to them as configured, and no flow
 parameter widens it.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,7 +75,7 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
-from segmind_core.fetch import INPUT_ROOTS_ENV, display_url
+from segmind_core.fetch import INPUT_BUCKETS_ENV, INPUT_ROOTS_ENV, display_url
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 from tasks.caching import storage_location_tag
@@ -439,30 +441,45 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @contextmanager
 def _users_own_files(manifest: str) -> Iterator[None]:
-    """The command's input roots, while it runs: a local manifest is its user's own file.
+    """What the command may read, while it runs: the manifest its user names is their own.
 
-    With ``SEGMIND_INPUT_ROOTS`` unset, the local files a local manifest names are
-    read wherever they are (the command reads what its user could read; the
-    roots protect a deployment's runs from whoever triggers them, and a
-    deployment's runs never come here). With it set, those roots and the
-    manifest's folder. A manifest given as a URL changes nothing.
+    The input roots and buckets protect a deployment's runs from whoever triggers
+    them; a deployment's runs never come here. So:
+
+    - a local manifest: with ``SEGMIND_INPUT_ROOTS`` unset, the local files it
+      names are read wherever they are (as its user could read them); with it
+      set, under those roots and the manifest's folder;
+    - a manifest in storage (``s3://bucket/prefix/m.jsonl``): its folder is added
+      to ``SEGMIND_INPUT_BUCKETS``, so it and the images beside it are read;
+    - an http(s) manifest changes nothing.
     """
-    if len(urlsplit(manifest).scheme) > 1:
+    parts = urlsplit(manifest)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https", "data") or (len(scheme) > 1 and not parts.netloc):
         yield
         return
-    folder = Path(manifest).expanduser().resolve().parent
-    configured = os.environ.get(INPUT_ROOTS_ENV)
-    roots = (
-        f"{configured}{os.pathsep}{folder}" if configured and configured.strip() else folder.anchor
-    )
-    os.environ[INPUT_ROOTS_ENV] = roots
+    if len(scheme) > 1:
+        name = INPUT_BUCKETS_ENV
+        value = f"{scheme}://{parts.netloc}{posixpath.dirname(parts.path)}".rstrip("/")
+        configured = os.environ.get(name)
+        value = f"{configured} {value}" if configured and configured.strip() else value
+    else:
+        name = INPUT_ROOTS_ENV
+        folder = Path(manifest).expanduser().resolve().parent
+        configured = os.environ.get(name)
+        value = (
+            f"{configured}{os.pathsep}{folder}"
+            if configured and configured.strip()
+            else folder.anchor
+        )
+    os.environ[name] = value
     try:
         yield
     finally:
         if configured is None:
-            os.environ.pop(INPUT_ROOTS_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[INPUT_ROOTS_ENV] = configured
+            os.environ[name] = configured
 
 
 def _refused_manifest(manifest: str, storage: ObjectStorage, max_failed_rows: int) -> str | None:

@@ -543,3 +543,44 @@ def test_bad_text_in_a_manifest_exits_2_with_its_line_and_bills_nothing(
     stats = emulator.stats()
     assert (stats["requests"], stats["billed"]) == (0, 0)
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "configured", "expected"),
+    [
+        ("s3://shared/batches/m.jsonl", {}, {"SEGMIND_INPUT_BUCKETS": "s3://shared/batches"}),
+        (
+            "s3://shared/m.jsonl",
+            {"SEGMIND_INPUT_BUCKETS": "s3://a"},
+            {"SEGMIND_INPUT_BUCKETS": "s3://a s3://shared"},
+        ),
+        ("/home/me/catalogue/m.jsonl", {}, {"SEGMIND_INPUT_ROOTS": "/"}),
+        (
+            "/home/me/catalogue/m.jsonl",
+            {"SEGMIND_INPUT_ROOTS": "/srv"},
+            {"SEGMIND_INPUT_ROOTS": f"/srv{os.pathsep}/home/me/catalogue"},
+        ),
+        ("https://example.com/m.jsonl", {}, {}),
+    ],
+)
+def test_the_command_reads_what_its_manifest_names_and_restores_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    manifest: str,
+    configured: dict[str, str],
+    expected: dict[str, str],
+) -> None:
+    # The command's own widening of the input policy, while it runs (the flow's runs
+    # from a deployment never pass here): checked in-process, then undone.
+    from flows.batch import _users_own_files
+
+    names = ("SEGMIND_INPUT_BUCKETS", "SEGMIND_INPUT_ROOTS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in configured.items():
+        monkeypatch.setenv(name, value)
+
+    with _users_own_files(manifest):
+        during = {name: os.environ[name] for name in names if name in os.environ}
+
+    assert during == {**configured, **expected}
+    assert {name: os.environ[name] for name in names if name in os.environ} == configured
