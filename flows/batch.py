@@ -19,7 +19,16 @@ again polls the requests it had submitted instead of paying for them again.)
 
 It prints progress, then the results manifest's URL as its last line, and
 exits 0 only when the run Completed (1 when it Failed; 2, before anything
-starts, for bad arguments, an unreadable manifest or no API key).
+starts, for bad arguments, an unreadable manifest, more rows the check refuses
+than ``--max-failed-rows`` allows, or no API key).
+
+The command is its user's own: a local manifest is read wherever it is, and the
+local files its rows name (relative to it, or absolute) wherever they are,
+unless ``SEGMIND_INPUT_ROOTS`` is set (then those roots and the manifest's
+folder); a manifest in storage makes its folder readable (``SEGMIND_INPUT_BUCKETS``).
+A deployment's runs never come here: the worker's input policy
+(`segmind_core.fetch.InputPolicy`) applies to them as configured, and no flow
+parameter widens it.
 """
 
 from __future__ import annotations
@@ -27,13 +36,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -63,7 +75,7 @@ from segmind_core.batch import (
 )
 from segmind_core.contract import FluxAspectRatio, OutputFormat
 from segmind_core.errors import AuthenticationError
-from segmind_core.fetch import display_url
+from segmind_core.fetch import INPUT_BUCKETS_ENV, INPUT_ROOTS_ENV, display_url
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestError, load_manifest
 from tasks.artifacts import BatchProgress, publish_estimate, publish_results
 from tasks.caching import storage_location_tag
@@ -427,6 +439,67 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextmanager
+def _users_own_files(manifest: str) -> Iterator[None]:
+    """What the command may read, while it runs: the manifest its user names is their own.
+
+    The input roots and buckets protect a deployment's runs from whoever triggers
+    them; a deployment's runs never come here. So:
+
+    - a local manifest: with ``SEGMIND_INPUT_ROOTS`` unset, the local files it
+      names are read wherever they are (as its user could read them); with it
+      set, under those roots and the manifest's folder;
+    - a manifest in storage (``s3://bucket/prefix/m.jsonl``): its folder is added
+      to ``SEGMIND_INPUT_BUCKETS``, so it and the images beside it are read;
+    - an http(s) manifest changes nothing.
+    """
+    parts = urlsplit(manifest)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https", "data") or (len(scheme) > 1 and not parts.netloc):
+        yield
+        return
+    if len(scheme) > 1:
+        name = INPUT_BUCKETS_ENV
+        value = f"{scheme}://{parts.netloc}{posixpath.dirname(parts.path)}".rstrip("/")
+        configured = os.environ.get(name)
+        value = f"{configured} {value}" if configured and configured.strip() else value
+    else:
+        name = INPUT_ROOTS_ENV
+        folder = Path(manifest).expanduser().resolve().parent
+        configured = os.environ.get(name)
+        value = (
+            f"{configured}{os.pathsep}{folder}"
+            if configured and configured.strip()
+            else folder.anchor
+        )
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if configured is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = configured
+
+
+def _refused_manifest(manifest: str, storage: ObjectStorage, max_failed_rows: int) -> str | None:
+    """Why the command refuses the manifest before anything starts, or ``None``.
+
+    It cannot be read, or the check refuses more rows than ``max_failed_rows``
+    allows: the run would end Failed, so nothing is paid for; every problem is
+    listed with its line.
+    """
+    try:
+        checked = load_manifest(manifest, store=storage.get_store())
+    except ManifestError as exc:
+        return str(exc)
+    if len(checked.rejected) <= max_failed_rows:
+        return None
+    problems = ManifestError(display_url(manifest), checked.problems())
+    allowed = "" if max_failed_rows else " (or pass --max-failed-rows N to run the rest)"
+    return f"{problems}\nNothing was run or paid for: fix them{allowed}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``python -m flows.batch`` command; returns the exit code."""
     args = _arguments(argv)
@@ -438,12 +511,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     storage = ObjectStorage(base_url=args.output)
-    try:  # a manifest that cannot be read is refused before a server is started
-        load_manifest(args.manifest, store=storage.get_store())
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_users_own_files(args.manifest))
+        refused = _refused_manifest(args.manifest, storage, args.max_failed_rows)
+        if refused is not None:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         try:
             temporary = stack.enter_context(_prefect_api())
         except TemporaryServerError as exc:

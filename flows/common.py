@@ -18,10 +18,10 @@ from prefect.utilities.annotations import NotSet
 
 from blocks.object_storage import ObjectStorage
 from blocks.segmind_credentials import SegmindCredentials
-from segmind_core.batch import BatchCall, BatchReport, RowResult, run_batch
+from segmind_core.batch import BatchCall, BatchReport, RowResult, own_output, run_batch
 from segmind_core.generation import EditResult
 from segmind_core.manifest import ManifestRow, RejectedRow
-from segmind_core.outputs import sanitise_key_part
+from segmind_core.outputs import OutputStore, sanitise_key_part
 from tasks.artifacts import publish_outputs
 from tasks.concurrency import flow_run_call_limit
 from tasks.segmind_tasks import output_day, run_segmind_endpoint
@@ -164,13 +164,27 @@ def endpoint_caller(
     """A ``call`` for `segmind_core.batch.run_batch`: each call is a submitted task run.
 
     The future's result is the call's `EditResult` (``reused`` when it cost
-    this run nothing); its exception is the task run's.
+    this run nothing), always the job's own image: one served from another
+    job's (two rows with the same request) is copied under the job's id
+    (`segmind_core.batch.own_output`). Its exception is the task run's.
     """
     endpoint_task = run_segmind_endpoint.with_options(
         result_storage=record_storage(storage),
         refresh_cache=refresh_cache,
         task_run_name="{slug}: {job_id}",
     )
+    outputs = OutputStore(storage.get_store())
+    flow_name = str(flow_run.get_flow_name() or "adhoc")
+    day = output_day()
+    flow_run_id = flow_run.get_id()
+
+    def own(result: EditResult, job_id: str, task_run_id: object) -> EditResult:
+        if not result.reused:  # paid by this very call, so stored under its job id
+            return result
+        run_ids = {"flow_run_id": flow_run_id, "task_run_id": str(task_run_id)}
+        return own_output(
+            outputs, result, job_id=job_id, flow_name=flow_name, day=day, run_ids=run_ids
+        )
 
     def call(planned: BatchCall) -> Future[EditResult]:
         future: Future[EditResult] = Future()
@@ -182,19 +196,27 @@ def endpoint_caller(
             storage=storage,
             job_id=planned.job_id,
         )
-        submitted.add_done_callback(lambda done: _settle(future, done))
+        submitted.add_done_callback(
+            lambda done: _settle(
+                future, done, lambda result: own(result, planned.job_id, done.task_run_id)
+            )
+        )
         return future
 
     return call
 
 
-def _settle(target: Future[EditResult], submitted: PrefectFuture[EditResult]) -> None:
-    """Hand a finished task run's result (or its exception) on."""
+def _settle(
+    target: Future[EditResult],
+    submitted: PrefectFuture[EditResult],
+    finish: Callable[[EditResult], EditResult],
+) -> None:
+    """Hand a finished task run's result, passed through ``finish``, or its exception on."""
     try:
         # wait() takes the final state from the finished run itself; without it,
         # ``state`` asks the server, which may not have recorded the end yet.
         submitted.wait()
-        target.set_result(paid_in_this_run(submitted.state))
+        target.set_result(finish(paid_in_this_run(submitted.state)))
     except Exception as exc:  # the call's failure, reported by the caller
         target.set_exception(exc)
 

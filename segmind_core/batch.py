@@ -14,20 +14,24 @@ passes one that submits a Prefect task; tests can pass a thread pool.
   ``max_cost_usd`` refuses a batch whose estimate is over it, with nothing run.
 - A row without a seed gets one drawn per call (a new variation each run, so
   never served from a cache); pin one to make reruns free.
+- Two rows with the same request are paid once; each still gets its own image
+  under its own id (`own_output` copies the one paid for, cost 0, its sidecar
+  naming the id it was reused from).
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, PlainSerializer, field_validator
 
 from segmind_core.contract import get_endpoint
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, SegmindError
@@ -38,6 +42,7 @@ from segmind_core.manifest import (
     ManifestRow,
     RejectedRow,
 )
+from segmind_core.outputs import OutputStore, output_key
 
 __all__ = [
     "BatchCall",
@@ -48,6 +53,7 @@ __all__ = [
     "estimate_cost",
     "first_call",
     "next_call",
+    "own_output",
     "run_batch",
 ]
 
@@ -174,6 +180,18 @@ class RowResult(BaseModel):
     cached: bool = False
     seed: int | None = None
     intermediate: str | None = None
+
+    @field_validator("id", "endpoint", "output", "error", "intermediate")
+    @classmethod
+    def _writable(cls, text: str | None) -> str | None:
+        """Text the results manifest (UTF-8) can hold: a lone surrogate is escaped.
+
+        The manifest check refuses rows with one; this keeps a results manifest
+        from failing to be written, after money was spent, whatever else has one.
+        """
+        if text is None or text.isascii():
+            return text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BatchReport(BaseModel):
@@ -363,3 +381,81 @@ def _ended(run: _RowRun, status: RowStatus, error: str | None = None) -> RowResu
 def read_results(data: bytes) -> list[RowResult]:
     """Parse a results manifest written by `BatchReport.results_jsonl`."""
     return [RowResult.model_validate(json.loads(line)) for line in data.decode().splitlines()]
+
+
+# Sidecar fields about the call that made an image, as a copy (which made none) has them.
+_NO_CALL = {"credits_remaining": None, "latency_s": 0.0, "attempts": 0, "request_id": None}
+
+
+def own_output(
+    outputs: OutputStore,
+    result: EditResult,
+    *,
+    job_id: str,
+    flow_name: str,
+    day: date,
+    run_ids: Mapping[str, str | None] | None = None,
+) -> EditResult:
+    """``result`` as job ``job_id``'s own image: a copy under its id when it was another's.
+
+    A call served from a cache (Prefect's record, or the store) returns the image
+    of whichever job paid for that request: in one batch, another row with the
+    same request. The row's documented place, ``{flow}/{day}/{job_id}.{ext}``,
+    then gets a copy of that image with a sidecar of its own: the same request
+    digest and parameters, ``cost_usd`` 0, no call, and ``reused_from`` naming the
+    job, key and cost of the original. An image of the job itself (another day's,
+    or time-stamped) is returned as is; so is a copy made before. A key holding
+    another request's image is never overwritten: the copy is time-stamped.
+
+    Raises:
+        ValueError: the image the result names has no sidecar, or does not match it.
+    """
+    original = outputs.load(result.key)
+    if original is None:
+        raise ValueError(
+            f"{result.url}, the stored image this request was served from, has no sidecar; "
+            "run again with refresh_cache to make it again"
+        )
+    if original.metadata.get("job_id") == job_id:
+        return result
+    key = output_key(flow_name, day, job_id, result.format)
+    existing = outputs.load(key)
+    if existing is not None and existing.metadata.get("request_digest") == result.request_digest:
+        return _as_copy(result, existing.url, key)
+    if existing is not None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        key = output_key(flow_name, day, f"{job_id}-{stamp}", result.format)
+    metadata = {
+        name: value
+        for name, value in original.metadata.items()
+        if name not in ("output", "stored_at")
+    }
+    metadata.update(
+        _NO_CALL,
+        job_id=job_id,
+        cost_usd="0",
+        reused_from={
+            "job_id": original.metadata.get("job_id"),
+            "key": original.key,
+            "url": original.url,
+            "cost_usd": original.metadata.get("cost_usd"),
+            "request_id": original.metadata.get("request_id"),
+        },
+        **dict(run_ids or {}),
+    )
+    copy = outputs.save(key, outputs.read_verified(original), metadata)
+    return _as_copy(result, copy.url, copy.key)
+
+
+def _as_copy(result: EditResult, url: str, key: str) -> EditResult:
+    return result.model_copy(
+        update={
+            "url": url,
+            "key": key,
+            "reused": True,
+            "cost_usd": Decimal(0),
+            "credits_remaining": None,
+            "latency_s": 0.0,
+            "attempts": 0,
+        }
+    )

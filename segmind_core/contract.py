@@ -187,6 +187,8 @@ def _check_prompt(value: str) -> str:
         raise ValueError(f"is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
     if "\x00" in value:
         raise ValueError("must not contain a NUL character")
+    if not value.isascii() and any("\ud800" <= char <= "\udfff" for char in value):
+        raise ValueError("is not valid text: it has a lone surrogate (U+D800 to U+DFFF)")
     return value
 
 

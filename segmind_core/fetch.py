@@ -11,7 +11,9 @@ reference must pass `InputPolicy`:
   download connects to the address that was checked (no second DNS lookup
   for a rebinding name to change), follows at most three redirects, each
   checked the same way, and is bounded in bytes and in total time.
-- ``s3://`` URLs and URLs on the output store's own filesystem.
+- ``s3://`` (and ``s3a://``) URLs and URLs on the output store's own
+  filesystem: under the output storage's location (``bucket/prefix``, not the
+  whole bucket) or a configured location (``SEGMIND_INPUT_BUCKETS``).
 - Local paths under the configured roots only (``SEGMIND_INPUT_ROOTS``;
   the working directory when unset), after resolving ``..`` and symlinks.
 - ``data:`` URIs (inline, nothing is fetched).
@@ -49,9 +51,11 @@ __all__ = [
     "INPUT_ROOTS_ENV",
     "FetchRefusedError",
     "InputPolicy",
+    "TooLargeError",
     "check_address",
     "display_url",
     "fetch_http",
+    "same_store_scheme",
 ]
 
 INPUT_ROOTS_ENV = "SEGMIND_INPUT_ROOTS"
@@ -72,6 +76,10 @@ Resolver = Callable[[str, int], list[str]]
 
 class FetchRefusedError(PermanentError, ValueError):
     """An input reference this worker will not read, or could not read within bounds."""
+
+
+class TooLargeError(FetchRefusedError):
+    """A download larger than the policy's ``max_bytes``."""
 
 
 def display_url(url: str) -> str:
@@ -181,7 +189,8 @@ class InputPolicy:
     Attributes:
         local_roots: Local files are read only under these folders.
         store_locations: Storage URLs (``s3://bucket`` or ``s3://bucket/prefix``)
-            inputs may be read from besides the output storage's own bucket.
+            inputs may be read from besides the output storage's own location
+            (its bucket and prefix).
         allowed_networks: Non-public networks that http(s) inputs may still use.
         max_bytes: Largest input read.
         timeout_s: Longest a download may take in all.
@@ -202,7 +211,7 @@ class InputPolicy:
         ``SEGMIND_INPUT_ROOTS`` (folders separated by ``os.pathsep``; the working
         directory when unset), ``SEGMIND_INPUT_BUCKETS`` (storage URLs such as
         ``s3://bucket/prefix``, comma or space separated; none besides the output
-        storage's bucket when unset), ``SEGMIND_INPUT_ALLOW_NETWORKS`` (addresses or
+        storage's own location when unset), ``SEGMIND_INPUT_ALLOW_NETWORKS`` (addresses or
         CIDR networks, comma or space separated; none when unset),
         ``SEGMIND_INPUT_MAX_BYTES`` and ``SEGMIND_INPUT_TIMEOUT_S``.
 
@@ -261,12 +270,12 @@ class InputPolicy:
         return scheme
 
     def check_store_url(self, url: str, store_protocol: str | None, store_root: str | None) -> None:
-        """Refuse a storage URL outside the output storage's bucket and ``store_locations``.
+        """Refuse a storage URL outside the output storage's location and ``store_locations``.
 
         The worker reads storage URLs with its own credentials, which may reach
-        buckets the person who triggers a run may not read: only the output
-        storage's bucket (the flows' own files) and the configured locations are
-        inputs.
+        buckets, and prefixes of a bucket, that the person who triggers a run may
+        not read: only what is under the output storage's root (``bucket/prefix``:
+        the flows' own files) and under the configured locations are inputs.
 
         Raises:
             FetchRefusedError: outside them, or with a ``..`` segment.
@@ -277,23 +286,20 @@ class InputPolicy:
         if "?" in url or "#" in url:
             # The check would read the key up to them; the filesystem reads them as key.
             raise FetchRefusedError(f"{display_url(url)} has '?' or '#' in its key")
-        bucket = location.split("/", 1)[0]
-        own_bucket = (store_root or "").strip("/").split("/", 1)[0]
-        if store_protocol is not None and _same_store_scheme(scheme, store_protocol):
-            if not own_bucket and store_protocol != "file":
+        own_root = (store_root or "").strip("/")
+        if store_protocol is not None and same_store_scheme(scheme, store_protocol):
+            if not own_root and store_protocol != "file":
                 return  # the store is a whole filesystem (memory://): the operator's own
-            if bucket and bucket == own_bucket:
+            if own_root and _is_under(location, own_root):
                 return
         for allowed in self.store_locations:
             allowed_scheme, allowed_location = _store_location(allowed)
-            if _same_store_scheme(scheme, allowed_scheme) and (
-                location == allowed_location or location.startswith(allowed_location + "/")
-            ):
+            if same_store_scheme(scheme, allowed_scheme) and _is_under(location, allowed_location):
                 return
         own = (
-            f"the output storage's bucket, {store_protocol}://{own_bucket}"
-            if own_bucket and store_protocol and store_protocol != "file"
-            else "no output bucket"
+            f"the output storage's location, {store_protocol}://{own_root}"
+            if own_root and store_protocol and store_protocol != "file"
+            else "no output storage location"
         )
         extra = ", ".join(self.store_locations) or f"none in {INPUT_BUCKETS_ENV}"
         raise FetchRefusedError(
@@ -358,9 +364,15 @@ def _store_location(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), f"{parts.netloc}{parts.path}".strip("/")
 
 
-def _same_store_scheme(first: str, second: str) -> bool:
+def same_store_scheme(first: str, second: str) -> bool:
+    """Whether two URL schemes name the same storage (``s3a`` is ``s3``)."""
     aliases = {"s3a": "s3"}
-    return aliases.get(first, first) == aliases.get(second, second)
+    return aliases.get(first.lower(), first.lower()) == aliases.get(second.lower(), second.lower())
+
+
+def _is_under(location: str, folder: str) -> bool:
+    """Whether ``bucket/key`` is ``folder`` or inside it (``a/b`` is not inside ``a/bc``)."""
+    return location == folder or location.startswith(folder + "/")
 
 
 def _refuse_ambiguous(url: str, netloc: str) -> None:
@@ -543,7 +555,7 @@ def _bounded_body(
 ) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > policy.max_bytes:
-        raise FetchRefusedError(
+        raise TooLargeError(
             f"{display_url(url)} is {declared} bytes; the limit is {policy.max_bytes}"
         )
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -557,7 +569,7 @@ def _bounded_body(
     for chunk in response.iter_raw():
         size += len(chunk)
         if size > policy.max_bytes:
-            raise FetchRefusedError(
+            raise TooLargeError(
                 f"{display_url(url)} is more than {policy.max_bytes} bytes, the limit"
             )
         if time.monotonic() > deadline:

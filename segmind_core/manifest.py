@@ -18,7 +18,12 @@ manifest's folder.
 
 Every row is checked against its endpoint's contract (with the images still
 unresolved) before anything is paid, and every problem is reported with its
-line number. `load_manifest` keeps the good rows and sets the bad ones aside
+line number: also text that is not Unicode (a lone surrogate, as a JSON
+escape of U+D800 without its pair, which no output name, log or results
+manifest can hold), values nested more than `MAX_NESTING` levels deep,
+numbers too long to read, and CSV cells over the CSV reader's 131072
+characters. A manifest is read up to `MAX_MANIFEST_BYTES`, wherever it is.
+`load_manifest` keeps the good rows and sets the bad ones aside
 (`RejectedRow`), which is what a batch that must not sink on a few bad rows
 wants; `read_manifest` refuses the whole manifest on any problem.
 
@@ -44,7 +49,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segmind_core.contract import ENDPOINTS, InvalidRequestError, get_endpoint
 from segmind_core.errors import PermanentError
-from segmind_core.fetch import FetchRefusedError, InputPolicy, display_url, fetch_http
+from segmind_core.fetch import (
+    FetchRefusedError,
+    InputPolicy,
+    TooLargeError,
+    display_url,
+    fetch_http,
+    same_store_scheme,
+)
 from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import sanitise_key_part
 
@@ -52,6 +64,8 @@ __all__ = [
     "BACKGROUND_SUFFIX",
     "BATCH_ENDPOINTS",
     "IMAGE_COUNTS",
+    "MAX_MANIFEST_BYTES",
+    "MAX_NESTING",
     "REPLACE_BACKGROUND_THEN_MERGE",
     "Manifest",
     "ManifestError",
@@ -71,7 +85,10 @@ BACKGROUND_SUFFIX = "-background"
 _FIXED_COLUMNS = ("id", "endpoint", "prompt", "images", "background_prompt")
 _ROW_FIELDS = frozenset({*_FIXED_COLUMNS, "params"})
 _IMAGE_SEPARATOR = "|"
-MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""Largest manifest read, from anywhere: about 200,000 rows. Split a larger one."""
+MAX_NESTING = 16
+"""Deepest a row's values may nest (a row is 1, its params 2...)."""
 _PATH_LIKE_ID = re.compile(r"[/\\]|^\s*\.+\s*$")
 # Stands in for images while parameters are checked; never sent anywhere.
 _PLACEHOLDER_IMAGE = "https://placeholder.invalid/image.png"
@@ -215,30 +232,26 @@ def load_manifest(
     """
     policy = policy if policy is not None else InputPolicy.from_env()
     try:
-        scheme = policy.check_scheme(location, store.protocol if store is not None else None)
-        if scheme == "data":
-            raise FetchRefusedError("a manifest cannot be a data: URI")
-        if scheme in ("http", "https"):
-            text = fetch_http(location, replace(policy, max_bytes=MAX_MANIFEST_BYTES)).decode(
-                "utf-8-sig"
-            )
-        elif not scheme:
-            with open(policy.check_local_path(location), encoding="utf-8-sig") as handle:
-                text = handle.read()
-        elif store is not None and scheme == store.protocol:
-            policy.check_store_url(location, store.protocol, store.root)
-            data: bytes = store.fs.cat_file(location)
-            text = data.decode("utf-8-sig")
-        else:
-            policy.check_store_url(location, None, None)
-            # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
-            with fsspec.open(location, "rt", encoding="utf-8-sig", **storage_options) as handle:
-                text = handle.read()
+        data = _read_bounded(location, store, policy, storage_options)
     except FetchRefusedError as exc:
         raise ManifestError(display_url(location), [f"refused: {exc}"]) from None
+    except ManifestError:
+        raise
     except Exception as exc:  # OSError, ValueError, botocore's NoCredentialsError...
         raise ManifestError(
             display_url(location), [f"cannot read it: {type(exc).__name__}: {exc}"]
+        ) from None
+    try:
+        # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            display_url(location),
+            [
+                f"cannot read it: UnicodeDecodeError: line {line} is not UTF-8 text "
+                f"(byte {exc.start + 1})"
+            ],
         ) from None
     fmt = "csv" if location.lower().endswith(".csv") else "jsonl"
     return check_manifest_text(
@@ -248,6 +261,50 @@ def load_manifest(
         base_folder=_local_folder(location),
         defaults=defaults,
         default_endpoint=default_endpoint,
+    )
+
+
+def _read_bounded(
+    location: str, store: ObjectStore | None, policy: InputPolicy, storage_options: Any
+) -> bytes:
+    """The manifest's bytes, read within ``policy`` and at most `MAX_MANIFEST_BYTES`.
+
+    Raises:
+        FetchRefusedError: the policy refuses it.
+        ManifestError: it is larger than the limit.
+        Exception: whatever reading it raised.
+    """
+    scheme = policy.check_scheme(location, store.protocol if store is not None else None)
+    if scheme == "data":
+        raise FetchRefusedError("a manifest cannot be a data: URI")
+    if scheme in ("http", "https"):
+        try:
+            return fetch_http(location, replace(policy, max_bytes=MAX_MANIFEST_BYTES))
+        except TooLargeError:
+            raise _too_large(location) from None
+    if not scheme:
+        opened: Any = open(policy.check_local_path(location), "rb")  # noqa: SIM115 - closed below
+    elif store is not None and same_store_scheme(scheme, store.protocol):
+        policy.check_store_url(location, store.protocol, store.root)
+        parts = urlsplit(location)
+        opened = store.fs.open(f"{store.protocol}://{parts.netloc}{parts.path}", "rb")
+    else:
+        policy.check_store_url(location, None, None)
+        opened = fsspec.open(location, "rb", **storage_options).open()
+    with opened as handle:
+        data: bytes = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _too_large(location)
+    return data
+
+
+def _too_large(location: str) -> ManifestError:
+    return ManifestError(
+        display_url(location),
+        [
+            f"it is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB "
+            f"({MAX_MANIFEST_BYTES} bytes), the most a manifest may be; split it"
+        ],
     )
 
 
@@ -288,9 +345,12 @@ def check_manifest_text(
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown manifest format {fmt!r}; use jsonl or csv")
     _check_default_endpoint(default_endpoint)
-    raw_rows, unreadable = (
-        _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text, default_endpoint is not None)
-    )
+    try:
+        raw_rows, unreadable = (
+            _jsonl_rows(text) if fmt == "jsonl" else _csv_rows(text, default_endpoint is not None)
+        )
+    except _UnreadableError as exc:
+        raise ManifestError(source, [exc.problem]) from None
     if not raw_rows and not unreadable:
         raise ManifestError(source, ["no rows"])
     if fmt == "csv" and not raw_rows and unreadable and unreadable[0].line == 1:
@@ -328,17 +388,10 @@ def _check_rows(
             raw = {**raw, "endpoint": default_endpoint}
         row_problems, row = _check_row(line, raw, base_folder, defaults)
         if row is None:
-            raw_id = raw.get("id")
-            usable_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
-            endpoint = raw.get("endpoint")
-            rejected.append(
-                RejectedRow(
-                    line,
-                    usable_id,
-                    tuple(row_problems),
-                    endpoint if isinstance(endpoint, str) else None,
-                )
-            )
+            raw_id = _text_or_none(raw.get("id"))
+            usable_id = raw_id if raw_id is not None and raw_id.strip() else None
+            endpoint = _text_or_none(raw.get("endpoint"))
+            rejected.append(RejectedRow(line, usable_id, tuple(row_problems), endpoint))
             continue
         names = [sanitise_key_part(name) for name in output_names(row)]
         problem = _name_clash(line, row.id, names, seen)
@@ -383,6 +436,45 @@ def _known() -> str:
     return ", ".join([*sorted(ENDPOINTS), REPLACE_BACKGROUND_THEN_MERGE])
 
 
+class _UnreadableError(Exception):
+    """A manifest that cannot be read past one of its lines."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(problem)
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text: no lone surrogate (a JSON escape without its pair)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and _is_text(value) else None
+
+
+def _shown(value: str) -> str:
+    """``value`` for a message: quoted, escaped (surrogates too), at most 60 characters."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:56] + "...'"
+
+
+def _json_value(line: str) -> tuple[Any, str | None]:
+    """The JSON value of one line, or why it is not one."""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deeply to read)"
+    except ValueError as exc:  # an integer longer than Python reads (4300 digits)
+        return None, f"not valid JSON ({str(exc).split(':', 1)[0]})"
+
+
 def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedRow]]:
     rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[RejectedRow] = []
@@ -392,11 +484,9 @@ def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejec
         line = line.removesuffix("\r")
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problem = f"line {number}: not valid JSON ({exc.msg})"
-            problems.append(RejectedRow(number, None, (problem,)))
+        value, problem = _json_value(line)
+        if problem is not None:
+            problems.append(RejectedRow(number, None, (f"line {number}: {problem}",)))
             continue
         if not isinstance(value, dict):
             problems.append(RejectedRow(number, None, (f"line {number}: must be a JSON object",)))
@@ -407,23 +497,37 @@ def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejec
 
 def _csv_value(text: str) -> Any:
     """A CSV cell as the JSON value it spells (7, 1.5, true), else the text itself."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return value if isinstance(value, int | float | bool) else text
+    value, problem = _json_value(text)
+    return value if problem is None and isinstance(value, int | float | bool) else text
 
 
 def _csv_rows(
     text: str, endpoint_optional: bool
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedRow]]:
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    required = ("id", "prompt") if endpoint_optional else ("id", "endpoint", "prompt")
-    missing = [name for name in required if name not in header]
-    if missing:
-        problem = f"line 1: the header lacks column(s) {', '.join(missing)}"
-        return [], [RejectedRow(1, None, (problem,))]
+    try:
+        header = reader.fieldnames or []
+        required = ("id", "prompt") if endpoint_optional else ("id", "endpoint", "prompt")
+        missing = [name for name in required if name not in header]
+        if missing:
+            problem = f"line 1: the header lacks column(s) {', '.join(missing)}"
+            return [], [RejectedRow(1, None, (problem,))]
+        return _csv_records(reader), []
+    except csv.Error as exc:
+        # The reader cannot go on past it: the whole manifest is refused.
+        line = reader.line_num + 1  # the lines read whole, then the one it failed in
+        what = (
+            f"a cell is longer than {csv.field_size_limit()} characters"
+            if "field larger than field limit" in str(exc)
+            else f"not valid CSV ({exc})"
+        )
+        raise _UnreadableError(
+            f"line {line}: {what}; the manifest cannot be read past it"
+        ) from None
+
+
+def _csv_records(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a CSV manifest (each with the line it ends on) as JSONL-shaped mappings."""
     rows: list[tuple[int, dict[str, Any]]] = []
     for record in reader:
         line = reader.line_num
@@ -441,7 +545,7 @@ def _csv_rows(
             else:
                 row["params"][name] = _csv_value(cell)
         rows.append((line, row))
-    return rows, []
+    return rows
 
 
 def _absolute(image: str, base_folder: Path | None) -> str:
@@ -451,11 +555,47 @@ def _absolute(image: str, base_folder: Path | None) -> str:
     return str(path if path.is_absolute() else (base_folder / path).resolve())
 
 
+def _text_problems(label: str, raw: Mapping[str, Any]) -> list[str]:
+    """What in the row no output name, log or results line can hold, by place.
+
+    Text with a lone surrogate, and values nested more than `MAX_NESTING` levels deep.
+    """
+    problems: list[str] = []
+    pending: list[tuple[Any, str, int]] = [(raw, "", 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        place = where or "the row"
+        if depth > MAX_NESTING:
+            problems.append(f"{label}: {place} nests more than {MAX_NESTING} levels deep")
+        elif isinstance(value, Mapping):
+            inner: list[tuple[Any, str, int]] = []
+            for name, item in value.items():
+                if isinstance(name, str) and not _is_text(name):
+                    problems.append(
+                        f"{label}: a field name in {place}, {_shown(name)}, {_NOT_TEXT}"
+                    )
+                else:
+                    inner.append((item, f"{where}.{name}" if where else str(name), depth + 1))
+            pending.extend(reversed(inner))
+        elif isinstance(value, list):
+            items = [(item, f"{place}[{index}]", depth + 1) for index, item in enumerate(value)]
+            pending.extend(reversed(items))
+        elif isinstance(value, str) and not _is_text(value):
+            problems.append(f"{label}: {place}, {_shown(value)}, {_NOT_TEXT}")
+    return problems
+
+
+_NOT_TEXT = "is not valid text: it has a lone surrogate (a \\ud800-\\udfff escape without its pair)"
+
+
 def _check_row(
     line: int, raw: dict[str, Any], base_folder: Path | None, defaults: Mapping[str, Any]
 ) -> tuple[list[str], ManifestRow | None]:
-    label = f"line {line}" + (f" ({raw['id']})" if isinstance(raw.get("id"), str) else "")
-    problems: list[str] = []
+    shown_id = _text_or_none(raw.get("id"))
+    label = f"line {line}" + (f" ({shown_id})" if shown_id is not None else "")
+    problems: list[str] = _text_problems(label, raw)
+    if problems:
+        return problems, None
     unknown = sorted(
         set(raw) - {"id", "endpoint", "prompt", "images", "params", "background_prompt"}
     )
@@ -502,6 +642,14 @@ def _check_row(
     if endpoint == REPLACE_BACKGROUND_THEN_MERGE:
         if not isinstance(background_prompt, str) or not background_prompt.strip():
             problems.append(f"{label}: replace_background_then_merge needs background_prompt")
+        else:
+            # The first step's prompt: checked like any prompt (length, NUL...).
+            problems.extend(
+                problem.replace(": prompt:", ": background_prompt:", 1)
+                for problem in _contract_problems(
+                    label, "flux-kontext-pro", background_prompt, {}, 0
+                )
+            )
         problems.extend(_contract_problems(label, "flux-kontext-pro", "x", params, 1))
         problems.extend(_contract_problems(label, "multi-image-kontext-pro", prompt, params, 2))
     else:

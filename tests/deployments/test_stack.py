@@ -134,7 +134,8 @@ def test_prefect_deployment_inspect_shows_the_nightly_schedule_and_the_form(
 def _upload_batch(state: StackState, run: int) -> str:
     """A manifest of ``ROWS_PER_RUN`` p-image-edit rows, with its photo, in the bucket."""
     s3 = _s3(state)
-    photo = f"inputs/run{run}/photo.jpg"
+    # Under the storage's prefix (outputs/): the worker reads no other part of the bucket.
+    photo = f"outputs/inputs/run{run}/photo.jpg"
     s3.put_object(Bucket=state.bucket, Key=photo, Body=image_bytes((30 * run, 90, 160), fmt="JPEG"))
     rows = [
         {
@@ -146,7 +147,7 @@ def _upload_batch(state: StackState, run: int) -> str:
         }
         for i in range(ROWS_PER_RUN)
     ]
-    key = f"manifests/run{run}.jsonl"
+    key = f"outputs/manifests/run{run}.jsonl"
     s3.put_object(
         Bucket=state.bucket, Key=key, Body="\n".join(json.dumps(r) for r in rows).encode()
     )

@@ -323,6 +323,34 @@ GOOD_IMAGE_SEED = SEED + 3
 
 CASES: list[Case] = [
     # --- manifest rows: checked before anything runs -----------------------------------
+    # A lone surrogate (JSON "\\ud800" without its pair) can name no file, log line or
+    # results manifest: once, such an id was paid for and then sank the results manifest.
+    row_case(
+        "id-with-a-lone-surrogate",
+        lambda i: p_row("sku-\ud800", [i.good]),
+        "line {line}: id, 'sku-\\ud800', is not valid text: it has a lone surrogate",
+    ),
+    row_case(
+        "prompt-with-a-lone-surrogate",
+        lambda i: {**p_row("surrogate-prompt", [i.good]), "prompt": "a cup \udfff"},
+        "line {line} (surrogate-prompt): prompt, 'a cup \\udfff', is not valid text",
+    ),
+    row_case(
+        "json-line-of-100k-brackets",
+        lambda i: "[" * 100_000,
+        "line {line}: not valid JSON (nested too deeply to read)",
+    ),
+    row_case(
+        "seed-of-5000-digits",
+        lambda i: json.dumps(p_row("long-seed", [i.good])).replace(str(SEED), "9" * 5000),
+        "line {line}: not valid JSON (Exceeds the limit (4300 digits) for integer string",
+    ),
+    row_case(
+        "params-nested-too-deep",
+        lambda i: p_row("deep", [i.good], seed=json.loads("[" * 18 + str(SEED) + "]" * 18)),
+        "line {line} (deep): params.seed[0]",
+        "nests more than 16 levels deep",
+    ),
     row_case(
         "wrong-aspect-ratio",
         lambda i: flux_row("bad-ratio", [i.good], aspect_ratio="7:3"),
@@ -824,6 +852,19 @@ CASES: list[Case] = [
             ),
         ),
         "line 1 (flux-seed): seed",
+    ),
+    flow_case(
+        "batch-csv-cell-over-131072-characters",
+        lambda r: run_batch(
+            r,
+            r.manifest(
+                "long-cell.csv",
+                "id,endpoint,prompt,images,seed\n"
+                f"c-1,p-image-edit,{PROMPT},{r.inputs.good},{SEED}\n"
+                f"c-2,p-image-edit,{'x' * 131_073},{r.inputs.good},{SEED}\n",
+            ),
+        ),
+        "line 3: a cell is longer than 131072 characters; the manifest cannot be read past it",
     ),
 ]
 

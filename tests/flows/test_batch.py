@@ -692,6 +692,57 @@ def test_a_rerun_into_the_same_storage_pays_nothing(
         assert records == sorted(f"segmind-{digest}-{service}" for digest in digests)
 
 
+# --- the same request in two rows ---------------------------------------------------------
+
+
+def test_rows_with_the_same_request_are_paid_once_and_each_id_has_its_own_image(
+    segmind_env: SegmindEmulator, tmp_path: Path
+) -> None:
+    # Three ids, one request: paid once; each id still gets {id}.png and its sidecar,
+    # as documented, and its results line points at its own file.
+    photos = copy_photos(tmp_path / "photos")
+    ids = ["dup-a", "dup-b", "dup-c"]
+    rows = [
+        row(row_id, "p-image-edit", "batch duplicate test", [str(photos["coffee"])], seed=772_001)
+        for row_id in ids
+    ]
+    manifest = write(tmp_path / "duplicates.jsonl", jsonl(rows))
+    base = tmp_path / "out"
+
+    state, outcome = run(manifest, storage=ObjectStorage(base_url=str(base)))
+
+    assert state.is_completed(), state
+    assert emulator_stats(segmind_env.url)["billed"] == 1
+    assert outcome.paid_usd == Decimal("0.01")
+    assert outcome.saved_usd == Decimal("0.02")
+    results = by_id(local_results(outcome))
+    day = output_day(outcome)
+    payers = [row_id for row_id in ids if results[row_id]["cost_usd"] == 0.01]
+    assert len(payers) == 1, results
+    (payer,) = payers
+    paid_bytes = (base / "batch" / day / f"{payer}.png").read_bytes()
+    paid_sidecar = sidecar_of(str(base / "batch" / day / f"{payer}.png"))
+    for row_id in ids:
+        result = results[row_id]
+        path = base / "batch" / day / f"{row_id}.png"
+        assert result["status"] == "succeeded"
+        assert Path(result["output"]) == path
+        assert path.read_bytes() == paid_bytes
+        sidecar = sidecar_of(str(path))
+        assert sidecar["job_id"] == row_id
+        assert sidecar["output"]["sha256"] == hashlib.sha256(paid_bytes).hexdigest()
+        assert sidecar["seed"] == result["seed"] == 772_001
+        assert sidecar["request_digest"] == paid_sidecar["request_digest"]
+        if row_id == payer:
+            assert (result["cached"], sidecar["cost_usd"]) == (False, "0.01")
+            assert "reused_from" not in sidecar
+        else:
+            assert (result["cached"], result["cost_usd"], sidecar["cost_usd"]) == (True, 0, "0")
+            assert sidecar["reused_from"]["job_id"] == payer
+            assert sidecar["reused_from"]["cost_usd"] == "0.01"
+            assert sidecar["attempts"] == 0
+
+
 # --- defaults --------------------------------------------------------------------------
 
 

@@ -74,11 +74,11 @@ def command_env(home: Path, base_url: str | None, *, key: str | None = API_KEY) 
 
 
 def run_command(
-    env: dict[str, str], *args: str | Path, timeout: float = 120.0
+    env: dict[str, str], *args: str | Path, timeout: float = 120.0, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flows.batch", *map(str, args)],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -428,3 +428,159 @@ def test_the_help_lists_the_options_without_a_warning(tmp_path: Path) -> None:
     # runpy warns when the package imports the module it is about to run as __main__
     # (flows/__init__.py imports flows.batch): the module then exists twice.
     assert "RuntimeWarning" not in completed.stderr, completed.stderr
+
+
+def as_a_user_types_it(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the tests' input roots: what a person's shell has."""
+    return {name: value for name, value in env.items() if name != "SEGMIND_INPUT_ROOTS"}
+
+
+@pytest.mark.timeout(240)
+def test_a_manifest_in_any_folder_runs_with_its_images_named_relative_to_it(
+    emulator: SegmindEmulator, tmp_path: Path
+) -> None:
+    # ~/catalogue/manifest.jsonl, run from another folder, with no SEGMIND_INPUT_ROOTS:
+    # the command's user names their own files, beside the manifest or near it.
+    catalogue, photos, cwd = tmp_path / "catalogue", tmp_path / "photos", tmp_path / "cwd"
+    for folder in (catalogue, photos, cwd):
+        folder.mkdir()
+    (catalogue / "coffee.jpg").write_bytes((PHOTOS / "coffee.jpg").read_bytes())
+    (photos / "chelsea.jpg").write_bytes((PHOTOS / "chelsea.jpg").read_bytes())
+    rows = [
+        {**p_image_edit_row("beside", Path("coffee.jpg"), 7601), "images": ["coffee.jpg"]},
+        {**p_image_edit_row("near", Path("x"), 7602), "images": ["../photos/chelsea.jpg"]},
+    ]
+    manifest = write_manifest(catalogue / "manifest.jsonl", rows)
+    env = as_a_user_types_it(command_env(tmp_path / "home", emulator.url))
+    output = tmp_path / "out"
+
+    completed = run_command(env, manifest, "--output", output, cwd=cwd)
+
+    assert completed.returncode == 0, describe(completed)
+    assert_clean(completed)
+    _, results = results_manifest(completed, output)
+    assert [(r["id"], r["status"]) for r in results] == [
+        ("beside", "succeeded"),
+        ("near", "succeeded"),
+    ]
+    for result in results:
+        assert_output(result, output, DOCUMENTED_SIZES["1:1"])
+    assert emulator.stats()["billed"] == 2
+
+    # Roots the user set still bound the command: they, and the manifest's folder.
+    restricted = {**env, "SEGMIND_INPUT_ROOTS": str(cwd)}
+    again = run_command(
+        {**restricted, "PREFECT_HOME": str(tmp_path / "home-2")},
+        manifest,
+        "--output",
+        output,
+        cwd=cwd,
+    )
+    assert again.returncode == 1, describe(again)
+    _, results = results_manifest(again, output)
+    assert [(r["id"], r["status"]) for r in results] == [
+        ("beside", "succeeded"),
+        ("near", "failed"),
+    ]
+    assert "is outside the folders inputs may be read from" in results[1]["error"]
+    assert emulator.stats()["billed"] == 2  # "beside" was served from its stored image
+
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "surrogate-id.jsonl",
+            '{"id": "good", "endpoint": "p-image-edit", "prompt": "p", "images": ["a.jpg"]}\n'
+            '{"id": "sku-\\ud800", "endpoint": "p-image-edit", "prompt": "p", '
+            '"images": ["a.jpg"]}\n',
+            "line 2: id, 'sku-\\ud800', is not valid text: it has a lone surrogate",
+        ),
+        (
+            "surrogate-prompt.jsonl",
+            '{"id": "good", "endpoint": "p-image-edit", "prompt": "p", "images": ["a.jpg"]}\n'
+            '{"id": "bad", "endpoint": "p-image-edit", "prompt": "a \\udfff", '
+            '"images": ["a.jpg"]}\n',
+            "line 2 (bad): prompt, 'a \\udfff', is not valid text",
+        ),
+        ("deep.jsonl", f"{DEEP}\n", "line 1: not valid JSON (nested too deeply to read)"),
+        (
+            "long-seed.jsonl",
+            '{"id": "good", "endpoint": "p-image-edit", "prompt": "p", "images": ["a.jpg"]}\n'
+            '{"id": "s", "endpoint": "p-image-edit", "prompt": "p", "images": ["a.jpg"], '
+            f'"params": {{"seed": {"9" * 5000}}}}}\n',
+            "line 2: not valid JSON (Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+        (
+            "long-cell.csv",
+            "id,endpoint,prompt,images\ngood,p-image-edit,p,a.jpg\n"
+            f"long,p-image-edit,{'x' * 131_073},a.jpg\n",
+            "line 3: a cell is longer than 131072 characters; the manifest cannot be read past it",
+        ),
+    ],
+)
+def test_bad_text_in_a_manifest_exits_2_with_its_line_and_bills_nothing(
+    emulator: SegmindEmulator, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    (tmp_path / "a.jpg").write_bytes((PHOTOS / "coffee.jpg").read_bytes())
+    manifest = tmp_path / name
+    manifest.write_text(text, encoding="utf-8")
+    home, output = tmp_path / "prefect-home", tmp_path / "out"
+
+    completed = run_command(
+        command_env(home, emulator.url), manifest, "--output", output, timeout=60
+    )
+
+    assert completed.returncode == 2, describe(completed)
+    assert completed.stdout == ""
+    assert expected in completed.stderr, describe(completed)
+    assert "Traceback" not in completed.stderr
+    assert "Starting temporary server" not in completed.stderr
+    assert not (home / "prefect.db").exists()
+    stats = emulator.stats()
+    assert (stats["requests"], stats["billed"]) == (0, 0)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "configured", "expected"),
+    [
+        ("s3://shared/batches/m.jsonl", {}, {"SEGMIND_INPUT_BUCKETS": "s3://shared/batches"}),
+        (
+            "s3://shared/m.jsonl",
+            {"SEGMIND_INPUT_BUCKETS": "s3://a"},
+            {"SEGMIND_INPUT_BUCKETS": "s3://a s3://shared"},
+        ),
+        ("/home/me/catalogue/m.jsonl", {}, {"SEGMIND_INPUT_ROOTS": "/"}),
+        (
+            "/home/me/catalogue/m.jsonl",
+            {"SEGMIND_INPUT_ROOTS": "/srv"},
+            {"SEGMIND_INPUT_ROOTS": f"/srv{os.pathsep}/home/me/catalogue"},
+        ),
+        ("https://example.com/m.jsonl", {}, {}),
+    ],
+)
+def test_the_command_reads_what_its_manifest_names_and_restores_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    manifest: str,
+    configured: dict[str, str],
+    expected: dict[str, str],
+) -> None:
+    # The command's own widening of the input policy, while it runs (the flow's runs
+    # from a deployment never pass here): checked in-process, then undone.
+    from flows.batch import _users_own_files
+
+    names = ("SEGMIND_INPUT_BUCKETS", "SEGMIND_INPUT_ROOTS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in configured.items():
+        monkeypatch.setenv(name, value)
+
+    with _users_own_files(manifest):
+        during = {name: os.environ[name] for name in names if name in os.environ}
+
+    assert during == {**configured, **expected}
+    assert {name: os.environ[name] for name in names if name in os.environ} == configured

@@ -363,9 +363,11 @@ def _run_flows(
         assert isinstance(loaded, SegmindCredentials)
         return loaded
 
-    coffee = _put(s3, f"{prefix}/sources/coffee.jpg", COFFEE.read_bytes())
-    small = _put(s3, f"{prefix}/sources/red.jpg", image_bytes((200, 40, 40), (160, 120), "JPEG"))
-    missing = f"s3://{BUCKET}/{prefix}/sources/no-such-photo.jpg"
+    # Inputs and the manifest under the storage's own prefix: the rest of the bucket is no input.
+    sources = f"{prefix}/out/sources"
+    coffee = _put(s3, f"{sources}/coffee.jpg", COFFEE.read_bytes())
+    small = _put(s3, f"{sources}/red.jpg", image_bytes((200, 40, 40), (160, 120), "JPEG"))
+    missing = f"s3://{BUCKET}/{sources}/no-such-photo.jpg"
     rows = [
         row("ok-1", "p-image-edit", "secrets test: row 1", [small], seed=880_001),
         row("ok-2", "p-image-edit", "secrets test: row 2", [coffee], seed=880_002),
@@ -374,7 +376,7 @@ def _run_flows(
         row("no-credit", "p-image-edit", "secrets test: row 5", [small], seed=880_005),
         row("unrun", "p-image-edit", "secrets test: row 6", [small], seed=880_006),
     ]
-    manifest = _put(s3, f"{prefix}/manifests/secrets.jsonl", jsonl(rows).encode())
+    manifest = _put(s3, f"{prefix}/out/manifests/secrets.jsonl", jsonl(rows).encode())
 
     states: dict[str, State[Any]] = {}
     states["batch"] = batch(

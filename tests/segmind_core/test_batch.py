@@ -7,6 +7,7 @@ an outcome. The last tests generate for real against the emulator over HTTP.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from emulator import SegmindEmulator
 from segmind_core.batch import (
@@ -27,11 +29,12 @@ from segmind_core.batch import (
     RowStatus,
     calls_for,
     estimate_cost,
+    own_output,
     read_results,
     run_batch,
 )
 from segmind_core.client import SegmindClient
-from segmind_core.contract import OutputFormat, get_endpoint
+from segmind_core.contract import InvalidRequestError, OutputFormat, get_endpoint
 from segmind_core.errors import CallNotMadeError, InsufficientCreditsError, ServerError
 from segmind_core.generation import EditResult, generate_and_store
 from segmind_core.manifest import REPLACE_BACKGROUND_THEN_MERGE, ManifestRow, check_rows
@@ -39,7 +42,7 @@ from segmind_core.object_store import ObjectStore
 from segmind_core.outputs import OutputStore
 from segmind_core.request_spec import RequestSpec
 from tests.conftest import EmulatorFactory
-from tests.support import API_KEY, decode
+from tests.support import API_KEY, decode, image_bytes
 
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 COFFEE = str(PHOTOS / "coffee.jpg")
@@ -995,3 +998,160 @@ def test_a_406_from_the_emulator_stops_the_batch(
     assert stats["billed"] == 1
     assert stats["requests"] == 2
     assert report.paid_usd == price(FLUX)
+
+
+def test_a_portrait_phone_photo_comes_back_portrait(
+    emulator: SegmindEmulator, pool: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    # Stored 1200x900 with EXIF "turn 90 degrees" (as a phone held upright writes it):
+    # a viewer shows it 900x1200, and match_input_image must follow that shape (3:4).
+    image = Image.new("RGB", (1200, 900), (30, 90, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(buffer.getvalue())
+    rows = good_rows(
+        {"id": "upright", "endpoint": FLUX, "prompt": "exif test", "images": [str(photo)]}
+    )
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path / "outputs")))
+
+    with SegmindClient(API_KEY, base_url=emulator.url) as client:
+        report = run_batch(rows, emulator_caller(pool, client, outputs), max_concurrency=1)
+
+    (result,) = report.results
+    assert result.status is RowStatus.SUCCEEDED, result
+    assert decode(Path(result.output or "").read_bytes()).size == (880, 1184)  # 3:4, portrait
+
+
+def test_a_row_with_a_lone_surrogate_in_its_id_is_rejected_and_the_results_are_written(
+    fake: FakeCalls,
+) -> None:
+    # The id cannot name a file or be written as UTF-8: the row is set aside unpaid,
+    # and the results manifest (UTF-8 JSON) is still written, naming its line.
+    manifest = check_rows([flux("good", seed=1), flux("sku-\ud800", seed=2)])
+
+    report = run_batch(manifest.rows, fake, rejected=manifest.rejected)
+
+    assert [call.row_id for call in fake.calls] == ["good"]
+    lines = [json.loads(line) for line in report.results_jsonl().decode("utf-8").splitlines()]
+    assert [(line["id"], line["line"], line["status"]) for line in lines] == [
+        ("good", 1, "succeeded"),
+        (None, 2, "failed"),
+    ]
+    assert lines[1]["error"].startswith("line 2: id, 'sku-\\ud800', is not valid text")
+
+
+# --- one request, several ids: each id its own image -------------------------------------------
+
+PNG_BYTES = image_bytes((10, 200, 10), (48, 32))
+
+
+def stored_result(outputs: OutputStore, key: str, job_id: str, digest: str = "d1") -> EditResult:
+    """An image stored under ``key`` as job ``job_id`` paid for it, and its result."""
+    stored = outputs.save(
+        key,
+        PNG_BYTES,
+        {"job_id": job_id, "request_digest": digest, "seed": 5, "cost_usd": "0.05"},
+    )
+    return EditResult(
+        slug=FLUX,
+        url=stored.url,
+        key=stored.key,
+        sha256=stored.sha256,
+        format=OutputFormat.PNG,
+        width=stored.width,
+        height=stored.height,
+        size_bytes=stored.size_bytes,
+        seed=5,
+        cost_usd=Decimal("0.05"),
+        credits_remaining=None,
+        latency_s=1.0,
+        attempts=1,
+        request_digest=digest,
+        reused=True,
+    )
+
+
+def test_an_image_of_another_job_is_copied_under_the_jobs_own_id(tmp_path: Path) -> None:
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path)))
+    served = stored_result(outputs, f"{FLOW}/2026-03-14/first.png", "first")
+
+    own = own_output(
+        outputs, served, job_id="second", flow_name=FLOW, day=DAY, run_ids={"flow_run_id": "f"}
+    )
+
+    assert own.key == f"{FLOW}/2026-03-14/second.png"
+    assert (own.reused, own.cost_usd, own.attempts) == (True, Decimal(0), 0)
+    assert Path(own.url).read_bytes() == PNG_BYTES
+    sidecar = json.loads(Path(f"{own.url}.json").read_text())
+    assert sidecar["job_id"] == "second"
+    assert sidecar["cost_usd"] == "0"
+    assert sidecar["request_digest"] == "d1"
+    assert sidecar["flow_run_id"] == "f"
+    assert sidecar["reused_from"]["job_id"] == "first"
+    assert sidecar["reused_from"]["key"] == served.key
+    # Asked again (the next run): the copy is found, not made again.
+    assert own_output(outputs, served, job_id="second", flow_name=FLOW, day=DAY).key == own.key
+
+
+def test_a_jobs_own_image_is_returned_as_is_even_from_another_day(tmp_path: Path) -> None:
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path)))
+    served = stored_result(outputs, f"{FLOW}/2026-03-13/cup.png", "cup")
+
+    assert own_output(outputs, served, job_id="cup", flow_name=FLOW, day=DAY) == served
+    assert not (tmp_path / FLOW / "2026-03-14").exists()
+
+
+def test_a_copy_never_overwrites_another_requests_image(tmp_path: Path) -> None:
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path)))
+    served = stored_result(outputs, f"{FLOW}/2026-03-14/first.png", "first")
+    taken = stored_result(outputs, f"{FLOW}/2026-03-14/second.png", "second", digest="other")
+
+    own = own_output(outputs, served, job_id="second", flow_name=FLOW, day=DAY)
+
+    assert own.key.startswith(f"{FLOW}/2026-03-14/second-20")
+    assert outputs.load(taken.key) is not None
+    assert json.loads(Path(f"{taken.url}.json").read_text())["request_digest"] == "other"
+
+
+def test_an_image_without_its_sidecar_is_not_handed_on(tmp_path: Path) -> None:
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path)))
+    served = stored_result(outputs, f"{FLOW}/2026-03-14/first.png", "first")
+    Path(f"{served.url}.json").unlink()
+
+    with pytest.raises(ValueError, match="has no sidecar"):
+        own_output(outputs, served, job_id="second", flow_name=FLOW, day=DAY)
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_before_anything_is_sent(
+    emulator: SegmindEmulator, tmp_path: Path
+) -> None:
+    # What a task given such a prompt does (a flow parameter cannot carry one: Prefect
+    # cannot encode it to create the run). Before, the HTTP client failed to encode
+    # the body: a UnicodeEncodeError traceback instead of the contract's message.
+    outputs = OutputStore(ObjectStore.from_url(str(tmp_path / "outputs")))
+    spec = RequestSpec(FLUX, {"prompt": "a cup \udfff", "seed": 1})
+
+    with (
+        SegmindClient(API_KEY, base_url=emulator.url) as client,
+        pytest.raises(InvalidRequestError) as refused,
+    ):
+        generate_and_store(client, spec, outputs, flow_name=FLOW, day=DAY)
+
+    assert "prompt: is not valid text: it has a lone surrogate" in str(refused.value)
+    assert emulator.stats()["requests"] == 0
+
+
+def test_a_results_line_is_written_whatever_text_it_carries() -> None:
+    # A file name with bytes that are not UTF-8 reaches Python as lone surrogates
+    # (U+DC80 to U+DCFF); an error naming it must not stop the results manifest.
+    result = RowResult(
+        id="r", line=1, endpoint=FLUX, status=RowStatus.FAILED, error="no such file: /x/\udcff.png"
+    )
+    report = BatchReport(results=[result], estimate_usd=Decimal(0))
+
+    (line,) = read_results(report.results_jsonl())
+
+    assert line.error == "no such file: /x/\\udcff.png"

@@ -563,17 +563,38 @@ STORE_POLICY = InputPolicy(store_locations=("s3://catalogue/photos", "gs://share
 @pytest.mark.parametrize(
     "url",
     [
-        "s3://outputs/inputs/a.png",  # the output storage's own bucket, any prefix
-        "s3://outputs/elsewhere/b.png",
+        "s3://outputs/runs/inputs/a.png",  # under the output storage's own location
+        "s3://outputs/runs/batch/2026-01-01/b.png",
         "s3://catalogue/photos/c.png",  # a configured location
         "s3://catalogue/photos/2026/d.png",
         "s3a://catalogue/photos/e.png",  # s3a names the same buckets
-        "s3a://outputs/g.png",
+        "s3a://outputs/runs/g.png",
         "gs://shared/f.png",
     ],
 )
-def test_storage_urls_in_the_output_bucket_or_a_configured_location_pass(url: str) -> None:
+def test_storage_urls_in_the_output_location_or_a_configured_location_pass(url: str) -> None:
     STORE_POLICY.check_store_url(url, "s3", "outputs/runs")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://outputs/finance/scan.png",  # the output bucket, another prefix
+        "s3://outputs/runs-private/a.png",  # a prefix that only starts the same
+        "s3://outputs/a.png",
+        "s3a://outputs/finance/scan.png",
+    ],
+)
+def test_the_output_bucket_outside_the_storage_prefix_is_refused(url: str) -> None:
+    # Storage s3://outputs/runs: the rest of the bucket may be other teams' files,
+    # which the worker's credentials can read and the triggerer may not.
+    with pytest.raises(FetchRefusedError) as refused:
+        STORE_POLICY.check_store_url(url, "s3", "outputs/runs")
+    assert str(refused.value).startswith(
+        f"{display_url(url)} is outside the storage inputs may be read from (the output "
+        "storage's location, s3://outputs/runs; s3://catalogue/photos, gs://shared); "
+        "set SEGMIND_INPUT_BUCKETS to allow it"
+    )
 
 
 def test_a_store_that_is_a_whole_filesystem_reads_its_own_urls() -> None:
@@ -610,14 +631,17 @@ def test_storage_urls_elsewhere_are_refused_naming_what_is_allowed(
         assert "s3://catalogue/photos, gs://shared); set SEGMIND_INPUT_BUCKETS" in message
 
 
-def test_without_configured_locations_only_the_output_bucket_is_readable() -> None:
+def test_without_configured_locations_only_the_output_location_is_readable() -> None:
     policy = InputPolicy()
-    policy.check_store_url("s3://outputs/x.png", "s3", "outputs/prefix")
-    with pytest.raises(FetchRefusedError) as refused:
-        policy.check_store_url("s3://other/x.png", "s3", "outputs/prefix")
-    assert "(the output storage's bucket, s3://outputs; none in SEGMIND_INPUT_BUCKETS)" in str(
-        refused.value
-    )
+    policy.check_store_url("s3://outputs/prefix/x.png", "s3", "outputs/prefix")
+    policy.check_store_url("s3://outputs/x.png", "s3", "outputs")  # storage at the bucket's root
+    for url in ("s3://other/x.png", "s3://outputs/x.png"):
+        with pytest.raises(FetchRefusedError) as refused:
+            policy.check_store_url(url, "s3", "outputs/prefix")
+        assert (
+            "(the output storage's location, s3://outputs/prefix; none in SEGMIND_INPUT_BUCKETS)"
+            in str(refused.value)
+        )
 
 
 # == InputPolicy.from_env ================================================================
@@ -1162,7 +1186,8 @@ def test_resolve_image_fetches_an_allowed_url_and_sends_it_as_is() -> None:
         resolved = resolve_image(url, field="input_image", policy=loopback_policy())
         assert server.paths == [f"/cat.png?X-Amz-Signature={SIGNATURE}"]
     assert resolved.ref == url
-    assert resolved.identity == url
+    # The identity leaves the signature out: the same object signed again is the same input.
+    assert resolved.identity == f"{server.url}/cat.png"
     assert SIGNATURE not in resolved.source
 
 

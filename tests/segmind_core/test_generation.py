@@ -250,7 +250,7 @@ def test_a_presigned_input_url_is_recorded_without_its_signature(
     assert client.sent[0].input_images() == [("input_image", url)]  # sent as given
     text, sidecar = sidecar_of(backend, result)
     identity = sidecar["input_identities"]["input_image"]
-    assert identity.startswith(f"{base}/cup.jpg?sha256=")
+    assert identity == f"{base}/cup.jpg"  # the signature is no part of the identity
     assert sidecar["inputs"] == {"input_image": f"{base}/cup.jpg?..."}
     assert "SIGNATURE-SECRET" not in text
     assert "TOKEN" not in text
@@ -427,21 +427,22 @@ def test_an_s3_input_in_the_same_bucket_is_presigned_directly(
     caplog.set_level(logging.INFO, logger="werkzeug")
     prefix = uuid.uuid4().hex
     outputs = s3_output_store(s3, f"s3://outputs/{prefix}")
-    s3.client().put_object(Bucket="outputs", Key="uploads/cup.jpg", Body=COFFEE.read_bytes())
+    key = f"{prefix}/uploads/cup.jpg"  # under the output storage's prefix: readable
+    s3.client().put_object(Bucket="outputs", Key=key, Body=COFFEE.read_bytes())
 
-    result = generate(client, edit_spec("s3://outputs/uploads/cup.jpg"), outputs)
+    result = generate(client, edit_spec(f"s3://outputs/{key}"), outputs)
 
     ref = dict(client.sent[0].input_images())["input_image"]
-    assert ref.startswith(f"{s3.endpoint_url}/outputs/uploads/cup.jpg?")
+    assert ref.startswith(f"{s3.endpoint_url}/outputs/{key}?")
     assert "Signature=" in ref
     assert billed(keyed_emulator) == 1
-    assert any("/outputs/uploads/cup.jpg?" in line for line in presigned_gets(caplog))
+    assert any(f"/outputs/{key}?" in line for line in presigned_gets(caplog))
     listed = s3.client().list_objects_v2(Bucket="outputs", Prefix=f"{prefix}/inputs/")
     assert listed.get("KeyCount", 0) == 0, "an object already in the bucket was copied"
     sidecar = json.loads(
         s3.client().get_object(Bucket="outputs", Key=f"{prefix}/{result.key}.json")["Body"].read()
     )
-    assert sidecar["inputs"] == {"input_image": "s3://outputs/uploads/cup.jpg"}
+    assert sidecar["inputs"] == {"input_image": f"s3://outputs/{key}"}
     assert sidecar["input_identities"] == {"input_image": f"sha256:{sha256(COFFEE.read_bytes())}"}
     # The identity is the content: the same bytes from a path are the same request.
     again = generate(client, edit_spec(COFFEE), outputs)
@@ -452,10 +453,11 @@ def test_an_s3_input_in_the_same_bucket_is_presigned_directly(
 def test_a_missing_s3_input_fails_before_any_request(
     s3: S3Server, client: RecordingClient, keyed_emulator: SegmindEmulator
 ) -> None:
-    outputs = s3_output_store(s3, f"s3://outputs/{uuid.uuid4().hex}")
+    prefix = uuid.uuid4().hex
+    outputs = s3_output_store(s3, f"s3://outputs/{prefix}")
 
     with pytest.raises(InvalidInputImageError, match="no such object"):
-        generate(client, edit_spec("s3://outputs/uploads/missing.jpg"), outputs)
+        generate(client, edit_spec(f"s3://outputs/{prefix}/uploads/missing.jpg"), outputs)
 
     assert keyed_emulator.stats()["requests"] == 0
 
@@ -535,12 +537,14 @@ def test_an_oversized_s3_input_fails_before_any_request(
     keyed_emulator: SegmindEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    outputs = s3_output_store(s3, f"s3://outputs/{uuid.uuid4().hex}")
-    s3.client().put_object(Bucket="outputs", Key="uploads/cup.jpg", Body=COFFEE.read_bytes())
+    prefix = uuid.uuid4().hex
+    outputs = s3_output_store(s3, f"s3://outputs/{prefix}")
+    key = f"{prefix}/uploads/cup.jpg"
+    s3.client().put_object(Bucket="outputs", Key=key, Body=COFFEE.read_bytes())
     monkeypatch.setattr(images, "MAX_INPUT_BYTES", 1000)
 
     with pytest.raises(InvalidInputImageError, match="the limit is 1000"):
-        generate(client, edit_spec("s3://outputs/uploads/cup.jpg"), outputs)
+        generate(client, edit_spec(f"s3://outputs/{key}"), outputs)
 
     assert keyed_emulator.stats()["requests"] == 0
 

@@ -1505,3 +1505,185 @@ def test_an_id_that_names_another_rows_intermediate_is_rejected() -> None:
     (rejected,) = manifest.rejected
     assert rejected.line == 2
     assert "id scene-background names the intermediate image of line 1" in rejected.reason
+
+
+# --- text no output name, log or results line can hold; reads that would not end --------------
+
+SURROGATE = "\ud800"
+
+
+def escaped_jsonl(*rows: dict[str, Any]) -> str:
+    """Rows as JSONL with non-ASCII as escapes: a lone surrogate is written as ``\\ud800``."""
+    return "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({"id": f"sku-{SURROGATE}"}, "line 2: id, 'sku-\\ud800', is not valid text"),
+        ({"prompt": f"a {SURROGATE}"}, "line 2 (r): prompt, 'a \\ud800', is not valid text"),
+        ({"images": [f"a{SURROGATE}.png"]}, "line 2 (r): images[0], 'a\\ud800.png', is not valid"),
+        ({"params": {"aspect_ratio": SURROGATE}}, "line 2 (r): params.aspect_ratio, '\\ud800', is"),
+        ({"params": {SURROGATE: 1}}, "line 2 (r): a field name in params, '\\ud800', is not valid"),
+        ({"endpoint": f"p{SURROGATE}"}, "line 2 (r): endpoint, 'p\\ud800', is not valid text"),
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_row_is_a_problem_of_its_line(
+    bad: dict[str, Any], expected: str
+) -> None:
+    # JSON can spell a lone surrogate ("\ud800"); no file name, log line or results
+    # manifest (UTF-8) can hold one, so the row is refused before anything is paid.
+    text = escaped_jsonl(row(id="good"), row(**bad))
+
+    manifest = check_manifest_text(text, fmt="jsonl")
+
+    assert [r.id for r in manifest.rows] == ["good"]
+    (rejected,) = manifest.rejected
+    assert rejected.line == 2
+    assert rejected.reason.startswith(expected), rejected.reason
+    assert "lone surrogate" in rejected.reason
+    # Everything kept about the rejected row can be written as UTF-8.
+    rejected.reason.encode("utf-8")
+    assert rejected.id in (None, "r")
+    assert rejected.endpoint in (None, "flux-kontext-pro")
+
+
+def test_a_background_prompt_is_checked_like_a_prompt() -> None:
+    merge = {
+        "id": "scene",
+        "endpoint": REPLACE_BACKGROUND_THEN_MERGE,
+        "prompt": "merge",
+        "images": ["https://example.com/a.png", "https://example.com/b.png"],
+    }
+    text = escaped_jsonl(
+        {**merge, "id": "nul", "background_prompt": "a\x00beach"},
+        {**merge, "id": "long", "background_prompt": "b" * 10_001},
+    )
+
+    manifest = check_manifest_text(text, fmt="jsonl")
+
+    assert manifest.rows == []
+    nul, long = (r.reason for r in manifest.rejected)
+    assert nul == (
+        "line 1 (nul): background_prompt: must not contain a NUL character (got 'a\\x00beach')"
+    )
+    assert long.startswith(
+        "line 2 (long): background_prompt: is 10001 characters long; the limit is 10000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[" * 100_000, "line 2: not valid JSON (nested too deeply to read)"),
+        (
+            '{"id": "s", "endpoint": "flux-kontext-pro", "prompt": "p", "params": {"seed": '
+            + "9" * 5000
+            + "}}",
+            "line 2: not valid JSON (Exceeds the limit (4300 digits) for integer string "
+            "conversion)",
+        ),
+        (
+            json.dumps(row(id="deep", params={"seed": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]})),
+            "line 2 (deep): params.seed[0][0][0][0][0][0][0][0][0][0][0][0][0][0]",
+        ),
+    ],
+    ids=["100k-brackets", "5000-digit-seed", "nested-20-deep"],
+)
+def test_json_that_python_cannot_read_or_nests_too_deep_is_a_problem_of_its_line(
+    line: str, expected: str
+) -> None:
+    manifest = check_manifest_text(jsonl(row(id="good"), line), fmt="jsonl")
+
+    assert [r.id for r in manifest.rows] == ["good"]
+    (rejected,) = manifest.rejected
+    assert rejected.line == 2
+    assert rejected.reason.startswith(expected), rejected.reason
+
+
+def test_a_5000_digit_csv_cell_is_text_the_contract_refuses() -> None:
+    text = (
+        f"id,endpoint,prompt,seed\ngood,flux-kontext-pro,p,7\nbig,flux-kontext-pro,p,{'9' * 5000}\n"
+    )
+
+    manifest = check_manifest_text(text, fmt="csv")
+
+    assert [r.id for r in manifest.rows] == ["good"]
+    (rejected,) = manifest.rejected
+    assert rejected.reason.startswith("line 3 (big): seed: Input should be a valid integer")
+
+
+def test_a_csv_cell_over_the_csv_readers_limit_refuses_the_manifest_with_its_line() -> None:
+    text = f"id,endpoint,prompt\ngood,flux-kontext-pro,p\nlong,flux-kontext-pro,{'x' * 131_073}\n"
+
+    with pytest.raises(ManifestError) as caught:
+        check_manifest_text(text, fmt="csv", source="long.csv")
+
+    assert caught.value.problems == [
+        "line 3: a cell is longer than 131072 characters; the manifest cannot be read past it"
+    ]
+
+
+@pytest.fixture
+def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A manifest size limit of 1000 bytes, so that tests need no large files."""
+    import segmind_core.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 1000)
+    return 1000
+
+
+def over_the_cap(cap: int) -> bytes:
+    body = jsonl(*(row(id=f"r{n}") for n in range(40))).encode()
+    assert len(body) > cap
+    return body
+
+
+def test_a_local_manifest_over_the_size_limit_is_refused(small_cap: int, tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(over_the_cap(small_cap))
+    fits = tmp_path / "fits.jsonl"
+    fits.write_bytes(over_the_cap(small_cap)[:small_cap].rsplit(b"\n", 1)[0] + b"\n")
+
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(str(path))
+
+    assert caught.value.problems == [
+        "it is larger than 0 MiB (1000 bytes), the most a manifest may be; split it"
+    ]
+    assert load_manifest(str(fits)).rows
+
+
+def test_a_manifest_in_a_store_over_the_size_limit_is_refused(
+    small_cap: int, memory_store: ObjectStore
+) -> None:
+    url = memory_store.write("big.jsonl", over_the_cap(small_cap))
+
+    with pytest.raises(ManifestError, match=r"larger than .* \(1000 bytes\)"):
+        load_manifest(url, store=memory_store)
+
+
+@pytest.mark.usefixtures("outputs_bucket_allowed")
+def test_an_s3_manifest_over_the_size_limit_is_refused(small_cap: int, s3: S3Server) -> None:
+    s3.client().put_object(Bucket="outputs", Key="big.jsonl", Body=over_the_cap(small_cap))
+
+    with pytest.raises(ManifestError, match=r"larger than .* \(1000 bytes\)"):
+        load_manifest("s3://outputs/big.jsonl", **storage_options(s3))
+
+
+def test_an_s3a_manifest_is_read_through_the_store(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ambient settings point at a closed loopback port with made-up credentials: the
+    # store's own (moto's) must be used, as for s3://.
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ambient-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ambient-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = ObjectStore.from_url("s3://outputs/batches", **storage_options(s3))
+    store.write("catalogue.jsonl", (MANIFESTS / "catalogue.jsonl").read_bytes())
+
+    manifest = load_manifest("s3a://outputs/batches/catalogue.jsonl", store=store)
+
+    assert [r.id for r in manifest.rows] == EXPECTED_IDS
