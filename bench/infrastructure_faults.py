@@ -102,6 +102,7 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 POLL_S = 0.2
 """Interval of every condition polled here (REST API, emulator counters)."""
 RUN_TIMEOUT_S = 120.0
+SLOTS = "segmind"  # the stack's global concurrency limit on Segmind calls
 
 
 # --- the S3 switch ------------------------------------------------------------------------
@@ -321,6 +322,16 @@ def wait_for_state(
     return found
 
 
+def held_slots(stack: FaultStack) -> int | None:
+    """Slots of the ``segmind`` limit held now; ``None`` while the server does not answer."""
+    try:
+        with stack.api() as api:
+            response = api.get(f"/v2/concurrency_limits/{SLOTS}")
+    except httpx.HTTPError:
+        return None
+    return int(response.json()["active_slots"]) if response.status_code == 200 else None
+
+
 def _post_until_accepted(stack: FaultStack, path: str, body: dict[str, Any]) -> httpx.Response:
     """POST, asked again while a SQLite server answers 503 (the write was rolled back)."""
     with stack.api() as api:
@@ -434,6 +445,9 @@ class FaultReport:
         message: The run's final state message.
         crashed: The killed run's final state and message (the kill).
         run_count: Times the (last) flow run ran.
+        slots_held_before: Slots of the ``segmind`` limit held when the run was created.
+        slots_held_after: Slots held once the run ended: as many as before, but for
+            a killed run's leases (until they expire, 300 s after their last renewal).
         wall_s: Seconds from the run's creation to its final state.
         reasons: One reason of each kind the results manifest gives.
         problems: What did not hold; empty when the fault was survived.
@@ -456,6 +470,8 @@ class FaultReport:
     message: str = ""
     crashed: str = ""
     run_count: int = 0
+    slots_held_before: int | None = None
+    slots_held_after: int | None = None
     wall_s: float = 0.0
     reasons: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -467,7 +483,8 @@ class FaultReport:
             f"{self.fault}: fault at {self.injected_at_billed} billed, {self.fault_s:.1f} s; "
             f"{self.stored}/{self.rows} stored, {self.with_reason} with a reason; "
             f"billed {self.billed}{lost}; {self.requests} requests ({self.refused} not billed); "
-            f"run {self.state} after {self.wall_s:.1f} s, ran {self.run_count}x: {self.message}"
+            f"run {self.state} after {self.wall_s:.1f} s, ran {self.run_count}x, "
+            f"{self.slots_held_after} slot(s) held after: {self.message}"
         )
 
 
@@ -536,6 +553,7 @@ def run_fault(
         emulator.post("/_emulator/reset").raise_for_status()
     created = time.monotonic()
     batch = Batch(manifest, ids, max_concurrency)
+    report.slots_held_before = held_slots(stack)
     batch.run_id = start_run(stack, manifest, max_concurrency)
     at = max(1, rows // 3)
     report.injected_at_billed = wait_for(
@@ -553,6 +571,7 @@ def run_fault(
     report.state = f"{final['state_type']}/{final['state_name']}"
     report.message = final["state"]["message"] or ""
     report.run_count = final["run_count"]
+    report.slots_held_after = held_slots(stack)
     judge(stack, batch.run_id, ids, report)
     return report
 
@@ -635,6 +654,19 @@ def judge(stack: FaultStack, run_id: str, ids: Sequence[str], report: FaultRepor
             + (f" and {report.may_lose} lost by the kill" if report.may_lose else "")
         )
     _judge_state(report)
+    _judge_slots(report)
+
+
+def _judge_slots(report: FaultReport) -> None:
+    """The run gave back every slot it took; a killed process's leases only expire."""
+    before, after = report.slots_held_before or 0, report.slots_held_after
+    leaked = None if after is None else after - before
+    allowed = report.max_concurrency if report.fault == "flow-run-kill" else 0
+    if leaked is None or leaked > allowed:
+        report.problems.append(
+            f"{leaked} slot(s) of the {SLOTS} limit still held after the run "
+            f"({before} before, {after} after; {allowed} may wait for their leases to expire)"
+        )
 
 
 def _stored_whole(
