@@ -68,8 +68,12 @@ S3_SECRET_ACCESS_KEY = "local-stack-secret"  # noqa: S105 - moto accepts any
 STATE_FILE = "stack.json"
 STARTUP_TIMEOUT_S = 180.0
 SERVICES = frozenset({"prefect-server", "emulator", "s3-server", "postgresql"})
-DATABASES = ("sqlite", "postgresql")
 """What the workers need; ``down`` stops these last."""
+DATABASES = ("sqlite", "postgresql")
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+"""Where the server keeps concurrency-slot leases: files in its Prefect home, not its
+memory, so a restarted server still knows who holds the ``segmind`` slots (with the
+in-memory default, slots held at a restart stay taken for good)."""
 
 
 class StackError(RuntimeError):
@@ -219,10 +223,10 @@ def _start(
     env = {**inherited, **state.environment()}
     prefect = str(Path(sys.executable).parent / "prefect")
 
-    server_env = env
+    server_env = {**env, "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
     if settings.database == "postgresql":
         say("starting PostgreSQL for the Prefect server")
-        server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": _start_postgres(state, env)}
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = _start_postgres(state, env)
     say("starting the Prefect server, the Segmind emulator and the S3 server")
     server_argv = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server_argv += ["--analytics-off"] + ([] if settings.ui else ["--no-ui"])
