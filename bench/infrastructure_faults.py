@@ -123,7 +123,6 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self.target: tuple[str, int] | None = None
         self.refused = 0
-        self.reset_open = 0
         self._cut = threading.Event()
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -145,7 +144,6 @@ class TcpProxy:
         self._cut.set()
         with self._lock:
             opened = list(self._open)
-        self.reset_open += len(opened) // 2
         for sock in opened:
             _reset(sock)
 
