@@ -1,4 +1,4 @@
-"""The README's result rows for the fault soak and the crash runs, from their JSON.
+"""The README's result rows for the fault soak, crash and infrastructure-fault runs.
 
 ``python -m bench.readme_tables`` prints the rows for the results in
 ``bench/results/``; ``tests/bench/test_readme_tables.py`` checks the README
@@ -15,6 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SOAK = RESULTS / "fault_soak.json"
 CRASH_V1 = RESULTS / "crash_resume.json"
 CRASH_QUEUE = RESULTS / "crash_resume_queue.json"
+INFRASTRUCTURE = RESULTS / "infrastructure_faults.json"
 
 SOAK_HEADER = (
     "| rows | succeeded | requests | billed | faults met | attempts per row | flow time | commit |"
@@ -23,6 +24,18 @@ CRASH_HEADER = (
     "| mode | killed after | stored at kill | in flight, resumed | paid and lost | "
     "re-run paid | billed in all | re-run time | commit |"
 )
+
+INFRASTRUCTURE_HEADER = (
+    "| fault | began at | stored | with a reason | billed | the run ended | commit |"
+)
+_FAULT_NAMES = {  # each formatted with the fault's duration in seconds
+    "server-restart": "Prefect server stopped, started again on its port and database "
+    "(back after {:.1f} s)",
+    "flow-run-kill": "flow-run process killed with SIGKILL; a new run of the deployment "
+    "{:.1f} s later",
+    "s3-outage": "S3 refusing every connection for {:.0f} s",
+    "segmind-503": "Segmind answering 503 to everything for {:.0f} s",
+}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -69,6 +82,30 @@ def crash_row(crash: dict[str, Any]) -> str:
     )
 
 
+def fault_row(fault: dict[str, Any], commit: str) -> str:
+    """One row of the infrastructure-faults table."""
+    name = _FAULT_NAMES[fault["fault"]].format(fault["fault_s"])
+    stored, billed, lost = fault["stored"], fault["billed"], fault["may_lose"]
+    if lost:
+        bill = f"{billed} = {stored} + {lost} lost by the kill"
+    elif billed > stored:
+        bill = f"{billed}: **{billed - stored} paid images lost**"
+    else:
+        bill = f"{billed}"
+    if fault["injected"].get("503"):
+        bill += f" ({fault['injected']['503']} answers 503, none billed)"
+    state = fault["state"].split("/")[0].capitalize()
+    ended = f"{state}, {fault['wall_s']:.1f} s"
+    if fault["message"]:
+        ended += f': "{fault["message"].split("; results:")[0]}"'
+    if fault["crashed"]:
+        ended = f"killed run {fault['crashed'].split(':')[0]}; new run {ended}"
+    return (
+        f"| {name} | {fault['injected_at_billed']} billed | {stored}/{fault['rows']} | "
+        f"{fault['with_reason']} | {bill} | {ended} | {commit} |"
+    )
+
+
 def rows() -> list[str]:
     """Every README row, from the results on disk."""
     return [
@@ -77,6 +114,8 @@ def rows() -> list[str]:
         CRASH_HEADER,
         crash_row(load(CRASH_V1)),
         crash_row(load(CRASH_QUEUE)),
+        INFRASTRUCTURE_HEADER,
+        *(fault_row(f, load(INFRASTRUCTURE)["commit"]) for f in load(INFRASTRUCTURE)["faults"]),
     ]
 
 

@@ -15,7 +15,9 @@ concurrency limit), ``prefect deploy --all`` (every deployment of
 ``storage`` and ``credentials`` at the saved blocks. It prints the UI's URL and
 how to trigger a run. ``python -m deployments.stack down`` stops every process
 it started, their children, and any process that inherited the stack's marker
-(a flow run a worker left behind); ``status`` says what is running.
+(a flow run a worker left behind); ``status`` says what is running;
+``restart-server`` stops the Prefect server and starts it again on the same
+port and database (what an upgrade or a host reboot does to the workers).
 
 Every process gets ``SEGMIND_STACK_ID`` in its environment; ``down`` finds
 them by it, so nothing is left behind even when a worker died first. Logs stay
@@ -52,6 +54,7 @@ __all__ = [
     "StackState",
     "down",
     "main",
+    "restart_server",
     "stack_processes",
     "status",
     "up",
@@ -65,8 +68,12 @@ S3_SECRET_ACCESS_KEY = "local-stack-secret"  # noqa: S105 - moto accepts any
 STATE_FILE = "stack.json"
 STARTUP_TIMEOUT_S = 180.0
 SERVICES = frozenset({"prefect-server", "emulator", "s3-server", "postgresql"})
-DATABASES = ("sqlite", "postgresql")
 """What the workers need; ``down`` stops these last."""
+DATABASES = ("sqlite", "postgresql")
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+"""Where the server keeps concurrency-slot leases: files in its Prefect home, not its
+memory, so a restarted server still knows who holds the ``segmind`` slots (with the
+in-memory default, slots held at a restart stay taken for good)."""
 
 
 class StackError(RuntimeError):
@@ -91,6 +98,9 @@ class StackSettings:
         bucket: The S3 bucket outputs go to.
         database: The Prefect server's database: ``sqlite`` (a file in the Prefect
             home) or ``postgresql`` (a server of the stack's own, in ``postgres/``).
+        storage_endpoint_url: The S3 endpoint the storage block names, which the
+            workers use; empty means the stack's S3 server. A proxy in front of it
+            lets a test cut the workers off from S3 while the server keeps its objects.
     """
 
     directory: Path = REPO / ".stack"
@@ -103,6 +113,7 @@ class StackSettings:
     ui: bool = True
     bucket: str = "segmind-outputs"
     database: str = "sqlite"
+    storage_endpoint_url: str = ""
 
 
 @dataclass
@@ -212,10 +223,10 @@ def _start(
     env = {**inherited, **state.environment()}
     prefect = str(Path(sys.executable).parent / "prefect")
 
-    server_env = env
+    server_env = {**env, "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
     if settings.database == "postgresql":
         say("starting PostgreSQL for the Prefect server")
-        server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": _start_postgres(state, env)}
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = _start_postgres(state, env)
     say("starting the Prefect server, the Segmind emulator and the S3 server")
     server_argv = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server_argv += ["--analytics-off"] + ([] if settings.ui else ["--no-ui"])
@@ -263,7 +274,7 @@ def _start(
     env["SEGMIND_API_KEY"] = EMULATOR_KEY  # saved in the credentials block as a secret
     setup = [sys.executable, "-m", "deployments.setup", "--concurrency", str(settings.concurrency)]
     setup += ["--storage-url", f"s3://{state.bucket}/outputs"]
-    setup += ["--storage-endpoint-url", state.s3_endpoint_url]
+    setup += ["--storage-endpoint-url", settings.storage_endpoint_url or state.s3_endpoint_url]
     setup += ["--segmind-base-url", state.emulator_url]
     _run([*setup, "--reset-held-slots"], env, logs / "setup.log", say)  # nothing runs yet
     say("registering the deployments (prefect deploy --all)")
@@ -340,6 +351,36 @@ def down(
         + ("" if purge else f"; logs kept in {directory / 'logs'}")
     )
     return len(stopped)
+
+
+def restart_server(
+    directory: Path = StackSettings.directory, say: Callable[[str], None] = print
+) -> StackState:
+    """Stop the stack's Prefect server and start it again: same command, port and database.
+
+    Its workers and flow runs keep running and meet a server that is gone for
+    a while. Returns the state with the new server process.
+
+    Raises:
+        StackError: no stack runs in ``directory``, or the server did not come back.
+    """
+    directory = directory.resolve()
+    state = StackState.load(directory)
+    recorded = None if state is None else _recorded(state, "prefect-server")
+    if state is None or recorded is None or not _is_alive(recorded):
+        raise StackError(f"no running Prefect server of a stack in {directory}")
+    old = psutil.Process(recorded.pid)
+    argv, env = old.cmdline(), old.environ()  # the database URL is in its environment
+    _terminate([old, *old.children(recursive=True)])
+    state.processes.remove(recorded)
+    server = _spawn(state, "prefect-server", argv, env, directory / "logs", append=True)
+    _wait_for(lambda: _answers(f"{state.api_url}/health"), server, "the Prefect server")
+    say(f"restarted the Prefect server at {state.api_url} (pid {server.pid})")
+    return state
+
+
+def _recorded(state: StackState, name: str) -> StackProcess | None:
+    return next((p for p in state.processes if p.name == name), None)
 
 
 def _terminate(processes: list[psutil.Process]) -> int:
@@ -427,10 +468,16 @@ def _shown(path: Path) -> str:
 
 
 def _spawn(
-    state: StackState, name: str, argv: list[str], env: dict[str, str], logs: Path
+    state: StackState,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    logs: Path,
+    *,
+    append: bool = False,
 ) -> psutil.Process:
     log: IO[bytes]
-    with open(logs / f"{name}.log", "wb") as log:  # one run of the stack per log
+    with open(logs / f"{name}.log", "ab" if append else "wb") as log:  # one stack per log
         popen = subprocess.Popen(  # noqa: S603 - our own commands
             argv,
             cwd=REPO,
@@ -582,6 +629,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     start.add_argument("--no-ui", action="store_true", help="serve the API only")
     start.add_argument(
+        "--storage-endpoint-url",
+        default="",
+        help="S3 endpoint the workers use (default: the stack's S3 server; a proxy in front of it)",
+    )
+    start.add_argument(
         "--database",
         choices=DATABASES,
         default="sqlite",
@@ -590,6 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = commands.add_parser("down", help="stop every process of the stack")
     stop.add_argument("--purge", action="store_true", help="also delete the state folder")
     commands.add_parser("status", help="what runs, and where")
+    commands.add_parser(
+        "restart-server", help="stop the Prefect server and start it again (same port, database)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "down":
@@ -597,6 +652,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         print("\n".join(status(args.dir)))
+        return 0
+    if args.command == "restart-server":
+        try:
+            restart_server(args.dir)
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     for option in ("workers", "concurrency", "emulator_max_concurrency"):
         if getattr(args, option) < 1:
@@ -613,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator_max_concurrency=args.emulator_max_concurrency,
         ui=not args.no_ui,
         database=args.database,
+        storage_endpoint_url=args.storage_endpoint_url,
     )
     try:
         state = up(settings)

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CODE=RATE",
-        help="inject a fault (429, 500, 502, 504, reset, truncate, timeout); repeatable",
+        help="inject a fault (429, 500, 502, 503, 504, reset, truncate, timeout); repeatable",
     )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed for repeatable faults")
     parser.add_argument(

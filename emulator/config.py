@@ -14,8 +14,8 @@ __all__ = ["EmulatorConfig", "FaultKind", "FaultRates", "parse_fault_spec"]
 class FaultKind(StrEnum):
     """Failures the emulator can inject into generation requests.
 
-    ``429``, ``500``, ``502`` and ``504`` answer with that status and a JSON
-    error. ``reset`` drops the connection with a TCP reset after reading the
+    ``429``, ``500``, ``502``, ``503`` and ``504`` answer with that status and
+    a JSON error. ``reset`` drops the connection with a TCP reset after reading the
     request. ``truncate`` sends a 200 whose body stops halfway. ``timeout``
     reads the request and then never answers, until the client gives up.
     None of them is billed, unless ``bill_cut_answers`` bills the generations
@@ -25,6 +25,7 @@ class FaultKind(StrEnum):
     RATE_LIMITED = "429"
     SERVER_ERROR = "500"
     BAD_GATEWAY = "502"
+    SERVICE_UNAVAILABLE = "503"
     GATEWAY_TIMEOUT = "504"
     RESET = "reset"
     TRUNCATE = "truncate"

@@ -53,6 +53,7 @@ _ERROR_TEXT = {
     FaultKind.RATE_LIMITED: (429, "rate limit exceeded"),
     FaultKind.SERVER_ERROR: (500, "Internal Server Error"),
     FaultKind.BAD_GATEWAY: (502, "Bad Gateway: the service is temporarily unavailable"),
+    FaultKind.SERVICE_UNAVAILABLE: (503, "Service Unavailable: the service is down"),
     FaultKind.GATEWAY_TIMEOUT: (504, "Gateway Timeout: the request timed out"),
 }
 _METHOD_NOT_ALLOWED_HTML = (

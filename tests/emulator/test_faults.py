@@ -81,6 +81,7 @@ def assert_not_billed(emulator: SegmindEmulator) -> None:
         ("429", "rate limit"),
         ("500", "Internal Server Error"),
         ("502", "Bad Gateway"),
+        ("503", "Service Unavailable"),
         ("504", "Gateway Timeout"),
     ],
 )
