@@ -351,7 +351,8 @@ def upload_manifest(
     s3 = stack.s3()
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (seed_base % 200, 90, 160)).save(buffer, format="PNG")
-    photo = f"inputs/{tag}/photo.png"
+    # Under the storage block's prefix: the only part of the bucket runs may read.
+    photo = f"{OUTPUTS}/inputs/{tag}/photo.png"
     s3.put_object(Bucket=stack.state.bucket, Key=photo, Body=buffer.getvalue())
     ids = [f"{tag}-{i:02d}" for i in range(rows)]
     lines = [
@@ -366,7 +367,7 @@ def upload_manifest(
         )
         for i, row_id in enumerate(ids)
     ]
-    key = f"manifests/{tag}.jsonl"
+    key = f"{OUTPUTS}/manifests/{tag}.jsonl"
     s3.put_object(Bucket=stack.state.bucket, Key=key, Body="\n".join(lines).encode())
     return f"s3://{stack.state.bucket}/{key}", ids
 
