@@ -20,8 +20,13 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emulator import SegmindEmulator
 
 PHOTOS = Path(__file__).resolve().parent / "photos"
+EMULATOR_PORT = 18767
 
 
 @contextlib.contextmanager
@@ -32,13 +37,33 @@ def _segmind_environment(real_api: bool) -> Iterator[str]:
             raise SystemExit("--real-api needs SEGMIND_API_KEY in the environment")
         yield os.environ.get("SEGMIND_BASE_URL", "https://api.segmind.com")
         return
-    from emulator import SegmindEmulator
-
     key = secrets.token_urlsafe(16)  # a throwaway key for this run only
-    with SegmindEmulator(api_key=key, latency_s=0.3, latency_jitter_s=0.3) as emulator:
+    with _demo_emulator(key) as emulator:
         os.environ["SEGMIND_API_KEY"] = key
         os.environ["SEGMIND_BASE_URL"] = emulator.url
         yield f"{emulator.url} (the bundled emulator: no model runs, images are stand-ins)"
+
+
+@contextlib.contextmanager
+def _demo_emulator(key: str) -> Iterator[SegmindEmulator]:
+    """The emulator on `EMULATOR_PORT`, else on any free port.
+
+    Stored images and cache records name the service that made them (its URL),
+    so the same port on every run is what lets a second demo find the first
+    one's images and pay nothing.
+    """
+    from emulator import SegmindEmulator
+
+    settings = {"api_key": key, "latency_s": 0.3, "latency_jitter_s": 0.3}
+    try:
+        emulator = SegmindEmulator(port=EMULATOR_PORT, **settings).start()
+    except OSError:
+        print(f"Port {EMULATOR_PORT} is taken: this run will not reuse earlier runs' images")
+        emulator = SegmindEmulator(**settings).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
