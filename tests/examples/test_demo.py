@@ -93,9 +93,9 @@ def test_demo_runs_offline_and_a_second_run_is_served_from_the_cache(tmp_path: P
 
     second = run_demo(output_dir)
 
-    # A new process, emulator (on the same port: the same service) and Prefect server: the
-    # records in the output folder
-    # (through the saved storage block) serve both steps, so nothing is paid.
+    # A new process, emulator (on the same port: the same service) and Prefect server:
+    # the records in the output folder (through the saved storage block) serve both
+    # steps, so nothing is paid.
     assert second["Paid:"].startswith("0.00 USD")
     assert second["Merged:"] == first["Merged:"]
     assert second["Background replaced:"] == first["Background replaced:"]
