@@ -3,7 +3,7 @@
 The key is the request digest (`segmind_core.request_spec.request_digest`):
 slug, canonical parameters and input identities (content digests for local,
 bytes and ``s3://`` inputs; the URL for ``http(s)`` inputs), followed by a tag
-of the service the credentials call (`service_tag`), so an image made by one
+of the service the credentials call (`credentials_service_tag`), so an image made by one
 service is never served to a run against another. A request without
 a pinned seed asks for a new variation, so it gets no key and is never served
 from the cache.
@@ -48,16 +48,16 @@ from segmind_core.errors import SegmindError
 from segmind_core.generation import EditResult
 from segmind_core.images import ImageInput, image_identity
 from segmind_core.object_store import ObjectStore
-from segmind_core.outputs import SIDECAR_SUFFIX
+from segmind_core.outputs import SIDECAR_SUFFIX, service_tag
 from segmind_core.request_spec import RequestSpec, request_digest
 from tasks.result_records import SegmindResultStore
 
 __all__ = [
     "SHARED_LOCKS",
     "SegmindRequestCachePolicy",
+    "credentials_service_tag",
     "input_identities",
     "request_cache_policy",
-    "service_tag",
     "still_stored_in",
     "storage_location_tag",
 ]
@@ -113,7 +113,7 @@ class SegmindRequestCachePolicy(CachePolicy):
             storage = given if given is not None else ObjectStorage()
             store = given.get_store() if given is not None else None
             key = "segmind-" + request_digest(spec, input_identities(spec, store))
-            key += "-" + service_tag(inputs.get("credentials") or SegmindCredentials())
+            key += "-" + credentials_service_tag(inputs.get("credentials") or SegmindCredentials())
             if storage._block_document_id is None:
                 key += "-" + storage_location_tag(storage)
         except (SegmindError, ValueError, OSError):
@@ -143,14 +143,13 @@ def still_stored_in(store: ObjectStore) -> Callable[[EditResult], bool]:
     return check
 
 
-def service_tag(credentials: SegmindCredentials) -> str:
-    """A short, stable name of the service ``credentials`` call (`service_root`).
+def credentials_service_tag(credentials: SegmindCredentials) -> str:
+    """The service ``credentials`` call, as a key part (`segmind_core.outputs.service_tag`).
 
     An image made by one service is never served from the cache to a run
     against another (the emulator's stand-ins to a run against Segmind, say).
     """
-    root = service_root(credentials.resolved_base_url())
-    return hashlib.sha256(root.encode()).hexdigest()[:16]
+    return service_tag(service_root(credentials.resolved_base_url()))
 
 
 def storage_location_tag(storage: ObjectStorage) -> str:

@@ -48,7 +48,7 @@ from tasks.artifacts import (
     PROGRESS_KEY,
     RESULTS_KEY,
 )
-from tasks.caching import service_tag
+from tasks.caching import credentials_service_tag
 from tests.conftest import EmulatorFactory, S3Server
 from tests.flows.manifests import ASTRONAUT, CHELSEA, COFFEE, csv_text, jsonl, row, write
 from tests.support import API_KEY, decode, emulator_stats, image_bytes, wait_until
@@ -688,7 +688,7 @@ def test_a_rerun_into_the_same_storage_pays_nothing(
         }
         assert len(digests) == 5
         records = sorted(p.name for p in base.glob("segmind-*"))
-        service = service_tag(SegmindCredentials(base_url=segmind_env.url))
+        service = credentials_service_tag(SegmindCredentials(base_url=segmind_env.url))
         assert records == sorted(f"segmind-{digest}-{service}" for digest in digests)
 
 

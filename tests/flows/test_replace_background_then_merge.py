@@ -28,7 +28,7 @@ from flows.replace_background_then_merge import (
 from segmind_core.outputs import SIDECAR_SUFFIX
 from tasks import EditResult
 from tasks.artifacts import OUTPUTS_KEY
-from tasks.caching import service_tag
+from tasks.caching import credentials_service_tag
 from tests.conftest import S3Server
 from tests.flows.outputs import flow_run_artifacts
 from tests.segmind_core.test_report import Cell, grid
@@ -236,7 +236,7 @@ def test_a_saved_storage_block_keeps_the_cache_records_beside_the_outputs(
 
     assert_outputs(first, tmp_path, cost=Decimal("0.10"))
     assert_outputs(second, tmp_path, cost=Decimal("0"))
-    service = service_tag(SegmindCredentials(base_url=segmind_env.url))
+    service = credentials_service_tag(SegmindCredentials(base_url=segmind_env.url))
     for result in (first.background_replaced, first.merged):
         assert (tmp_path / f"segmind-{result.request_digest}-{service}").is_file()
     assert second.merged.url == first.merged.url

@@ -48,7 +48,7 @@ from segmind_core.images import InvalidInputImageError
 from segmind_core.outputs import SIDECAR_SUFFIX
 from segmind_core.thumbnails import THUMBNAILS_FOLDER
 from tasks import EditResult, edit_image_with_kontext_pro
-from tasks.caching import service_tag, storage_location_tag
+from tasks.caching import credentials_service_tag, storage_location_tag
 from tasks.result_records import SERIALIZER_TYPE
 from tests.conftest import EmulatorFactory, S3Server
 from tests.support import file_server, image_bytes, wait_until
@@ -170,7 +170,7 @@ def bucket_objects(s3: S3Server, prefix: str = "") -> dict[str, bytes]:
 
 def record_key(result: EditResult, credentials: SegmindCredentials) -> str:
     """The cache key of ``result``'s request made through ``credentials``."""
-    return f"segmind-{result.request_digest}-{service_tag(credentials)}"
+    return f"segmind-{result.request_digest}-{credentials_service_tag(credentials)}"
 
 
 def cache_record(
