@@ -623,6 +623,55 @@ def test_replace_background_then_merge_rows_store_both_images(
 # --- reruns ----------------------------------------------------------------------------
 
 
+def test_two_services_sharing_storage_each_pay_and_deleted_images_are_paid_again(
+    segmind_env: SegmindEmulator, start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    photos = copy_photos(tmp_path / "photos")
+    rows = [
+        row(f"s-{n}", "p-image-edit", f"two services {n}", [str(photos["coffee"])])
+        for n in range(1, 4)
+    ]
+    for n, r in enumerate(rows, start=1):
+        r["params"] = {"seed": 772_000 + n}
+    manifest = write(tmp_path / "services.jsonl", jsonl(rows))
+    name = f"batch-services-{uuid.uuid4().hex[:8]}"
+    ObjectStorage(base_url=str(tmp_path / "out")).save(name)
+    other = start_emulator()
+    services = {
+        "first": SegmindCredentials(api_key=API_KEY, base_url=segmind_env.url),
+        "second": SegmindCredentials(api_key=API_KEY, base_url=other.url),
+    }
+
+    def run_against(service: str) -> list[dict[str, Any]]:
+        state, outcome = run(
+            manifest, storage=ObjectStorage.load(name), credentials=services[service]
+        )
+        assert state.is_completed(), state
+        return local_results(outcome)
+
+    first, second = run_against("first"), run_against("second")
+
+    assert (emulator_stats(segmind_env.url)["billed"], emulator_stats(other.url)["billed"]) == (
+        3,
+        3,
+    )
+    assert [r["cached"] for r in first + second] == [False] * 6
+    for mine, theirs in zip(first, second, strict=True):
+        assert mine["output"] != theirs["output"]
+        assert sidecar_of(mine["output"])["service"] == segmind_env.url
+        assert sidecar_of(theirs["output"])["service"] == other.url
+
+    for r in first:  # the images go; their sidecars stay
+        Path(r["output"]).unlink()
+    again = run_against("first")
+
+    assert emulator_stats(segmind_env.url)["billed"] == 6
+    assert [(r["cached"], r["output"]) for r in again] == [(False, r["output"]) for r in first]
+    for r in again:
+        image = Path(r["output"]).read_bytes()
+        assert hashlib.sha256(image).hexdigest() == sidecar_of(r["output"])["output"]["sha256"]
+
+
 @pytest.mark.parametrize(("saved", "seed_base"), [(False, 770_000), (True, 771_000)])
 def test_a_rerun_into_the_same_storage_pays_nothing(
     segmind_env: SegmindEmulator, tmp_path: Path, saved: bool, seed_base: int
