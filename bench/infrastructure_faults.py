@@ -79,6 +79,7 @@ from bench.crash_resume import (  # noqa: E402 - after the path fix above
     S3Objects,
     take_inventory,
 )
+from bench.crash_resume import wait_for as poll_until  # noqa: E402
 from bench.provenance import git_commit  # noqa: E402
 from deployments.stack import (  # noqa: E402
     S3_ACCESS_KEY_ID,
@@ -255,15 +256,8 @@ def fault_stack(
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it is truthy; ``TimeoutError`` naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(POLL_S)
+    """`bench.crash_resume.wait_for`, polling every `POLL_S`."""
+    return poll_until(condition, timeout=timeout, what=what, interval=POLL_S)
 
 
 def emulator_stats(stack: FaultStack) -> dict[str, Any]:
